@@ -1,0 +1,90 @@
+# golf: one command trains, quantises, compresses, checks the byte budget, evaluates and records.
+# Settings pass through as the challenge's env names: make train-and-submit NUM_LAYERS=10 SEEDS=1,2,3
+PY ?= python3
+export PYTHONUNBUFFERED := 1
+
+# --- data ---------------------------------------------------------------------------------------
+CORPUS ?= shakespeare
+VAL ?=
+TOKENIZER ?= sp
+VOCAB_SIZE ?= 1024
+DATA_OUT ?=
+VARIANT ?= sp1024
+TRAIN_SHARDS ?= 1
+# --- runs / records -----------------------------------------------------------------------------
+NAME ?=
+PRESET ?=
+SEEDS ?=
+TRACK ?=
+RECORD ?=
+ARTIFACT ?=
+A ?=
+B ?=
+
+.PHONY: help install data data-fineweb train train-and-submit quantize eval ablate leaderboard verify \
+        bundle check-size generate test bench bench-data bench-train bench-quant bench-eval bench-mixers
+
+help:
+	@echo "make train-and-submit   train -> quantise -> size check -> eval -> record (CPU: tiny preset, default corpus)"
+	@echo "make test               the unit tests (CPU)"
+	@echo "make data [CORPUS=... VAL=... TOKENIZER=sp|byte VOCAB_SIZE=1024]"
+	@echo "make data-fineweb VARIANT=sp1024 TRAIN_SHARDS=N"
+	@echo "make ablate NAME=x A='ENV=..' B='ENV=..' SEEDS=1,2,3 | make leaderboard | make verify RECORD=path"
+	@echo "make bundle | make check-size ARTIFACT=path | make bench-{data,train,quant,eval,mixers}"
+
+# Installs into the Python that runs make. CPU torch 2.13.0 unless a torch (e.g. a CUDA build) is
+# already importable: we never replace a GPU user's torch.
+install: .deps.stamp
+.deps.stamp: requirements.txt
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	@touch $@
+
+data: install
+	$(PY) -m golf.data prepare --corpus "$(CORPUS)" --val "$(VAL)" --tokenizer $(TOKENIZER) \
+	    --vocab-size $(VOCAB_SIZE) $(if $(DATA_OUT),--out "$(DATA_OUT)")
+
+data-fineweb: install
+	$(PY) -m golf.fineweb --variant $(VARIANT) --train-shards $(TRAIN_SHARDS)
+
+train: install
+	$(PY) train_gpt.py
+
+train-and-submit: install
+	$(PY) -m golf.pipeline submit $(if $(NAME),--name "$(NAME)") $(if $(PRESET),--preset $(PRESET)) \
+	    $(if $(SEEDS),--seeds $(SEEDS)) $(if $(TRACK),--track $(TRACK))
+
+ablate: install
+	$(PY) -m golf.pipeline ablate --name "$(NAME)" --a "$(A)" --b "$(B)" $(if $(SEEDS),--seeds $(SEEDS)) \
+	    $(if $(PRESET),--preset $(PRESET))
+
+leaderboard: install
+	$(PY) -m golf.leaderboard
+
+verify: install
+	$(PY) -m golf.pipeline verify --record "$(RECORD)" $(if $(ARTIFACT),--artifact "$(ARTIFACT)")
+
+bundle: install
+	$(PY) -m golf.bundle $(if $(RECORD),--record "$(RECORD)")
+
+check-size: install
+	$(PY) quantize.py --check "$(ARTIFACT)"
+
+generate: install
+	$(PY) -m golf.generate --artifact "$(ARTIFACT)"
+
+# The README's test command; .ci/run calls exactly this.
+test: install
+	$(PY) -m pytest -q tests
+
+bench: bench-data bench-train bench-quant bench-eval bench-mixers
+bench-data: install
+	$(PY) -m golf.bench.data
+bench-train: install
+	$(PY) -m golf.bench.train
+bench-quant: install
+	$(PY) -m golf.bench.quant
+bench-eval: install
+	$(PY) -m golf.bench.eval
+bench-mixers: install
+	$(PY) -m golf.bench.mixers

@@ -1,0 +1,1 @@
+"""golf: a parameter-golf pipeline (train, quantise, compress, check the budget, evaluate, record)."""

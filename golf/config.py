@@ -1,0 +1,336 @@
+"""One flat, typed Hyperparameters dataclass; presets; env-var and CLI overrides.
+
+Precedence (lowest to highest): dataclass defaults < preset < environment (the challenge's upper-case
+names, e.g. NUM_LAYERS=10) < command-line flags (--num-layers 10 or --num_layers=10).
+A setting that does not exist is an error that lists the close names, so a typo never silently
+trains the default. Derived values (head dim, eval length, run id, ...) come from `finalize()`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, Sequence
+
+from golf.utils import GolfError, now_stamp
+
+
+@dataclass
+class Hyperparameters:
+    # --- run -----------------------------------------------------------------------------------
+    preset: str = "tiny"
+    run_id: str = ""  # derived: <preset>_<timestamp>_s<seed>
+    seed: int = 1337
+    out_dir: str = "runs"  # each run writes runs/<run_id>/
+    device: str = "auto"  # auto | cpu | cuda
+    compile: str = "auto"  # auto (on for CUDA) | on | off
+    # --- data ----------------------------------------------------------------------------------
+    data_path: str = "data/datasets/shakespeare_sp1024"  # folder of *train_*.bin, *val_*.bin, manifest.json
+    tokenizer_path: str = ""  # derived from the data manifest when empty
+    val_max_tokens: int = 0  # 0 = the whole val split (training-time val may use a prefix)
+    # --- model backbone ------------------------------------------------------------------------
+    vocab_size: int = 1024
+    num_layers: int = 9
+    model_dim: int = 512
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    mlp_mult: float = 2.0
+    rope_dims: int = 0  # rotary dims per head (partial RoPE); 0 = the whole head dim
+    rope_base: float = 10000.0
+    logit_softcap: float = 30.0
+    qk_gain_init: float = 1.5
+    tie_embeddings: bool = True
+    unet_skips: bool = True
+    ln_scale: bool = True  # scale block inputs by 1/sqrt(layer+1)
+    # --- record-stack extras ------------------------------------------------------------------
+    num_memory_tokens: int = 0
+    bigram_vocab_size: int = 0  # 0 = off
+    bigram_dim: int = 128
+    smear_gate: bool = False
+    mtp_num_heads: int = 0  # training-only multi-token-prediction heads
+    mtp_loss_weight: float = 0.1
+    mtp_decay: float = 0.5  # weight of head k is mtp_loss_weight * mtp_decay**(k-1)
+    # --- memory mechanisms (golf/memory/) -------------------------------------------------------
+    mixers: str = ""  # per-layer sequence mixers, comma-separated (e.g. "attn,attn,stream"); "" = all attn
+    persistent_memory: int = 0  # learned key/value slots prepended in every attention layer
+    attn_window: int = 0  # sliding-window size in tokens for "swa" layers; 0 = derived from window_frac
+    attn_window_frac: float = 0.25
+    global_every: int = 4  # with MIXERS=swa_pattern: every k-th layer is global attention
+    unique_layers: int = 0  # weight-tied depth: K unique blocks run as NUM_LAYERS logical layers; 0 = off
+    stream_num_streams: int = 4
+    stream_chunk: int = 64
+    deltanet_chunk: int = 64
+    deltanet_heads: int = 0  # 0 = num_heads
+    hypermix_hidden: int = 0  # 0 = model_dim // 2
+    # --- training ------------------------------------------------------------------------------
+    train_seq_len: int = 1024
+    train_batch_tokens: int = 524288  # global tokens per optimizer step
+    grad_accum_steps: int = 0  # 0 = derived so one micro-batch fits
+    micro_batch_seqs: int = 0  # sequences per micro-batch per rank; 0 = derived
+    iterations: int = 20000  # an upper bound: the wall clock usually ends the run first
+    max_wallclock_seconds: float = 600.0  # 0 = no wall-clock limit
+    compile_warmup_steps: int = 20  # run before the clock starts, then weights are restored
+    lr_warmup_frac: float = 0.0
+    warmdown_frac: float = 0.5  # fraction of the budget spent decaying the LR to zero
+    matrix_lr: float = 0.04
+    scalar_lr: float = 0.04
+    embed_lr: float = 0.05
+    memory_lr: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    muon_momentum: float = 0.95
+    muon_momentum_warmup_start: float = 0.85
+    muon_momentum_warmup_frac: float = 0.1  # fraction of the budget
+    muon_backend_steps: int = 5
+    muon_weight_decay: float = 0.04
+    adam_weight_decay: float = 0.04
+    grad_clip_norm: float = 0.3  # 0 = off
+    ema: bool = True
+    ema_horizon_frac: float = 0.1  # EMA time constant as a fraction of the expected steps
+    qat: bool = True
+    qat_lr_scale: float = 0.15  # fake-quantise once the LR scale drops below this
+    val_every: int = 0  # steps between val evaluations; 0 = only at the end
+    val_batch_tokens: int = 65536
+    log_every: int = 10
+    checkpoint_every: int = 0  # steps; 0 = only on signal / at the end
+    resume: bool = False
+    allow_oversize: bool = False  # go on although the size pre-flight says the artifact cannot fit
+    # --- quantisation / artifact ----------------------------------------------------------------
+    quant_mlp_bits: int = 5
+    quant_attn_bits: int = 6
+    quant_embed_bits: int = 8  # 16 = keep fp16
+    quant_other_bits: int = 6  # matrices that are neither MLP, attention nor embedding
+    zstd_level: int = 22
+    # --- evaluation ----------------------------------------------------------------------------
+    eval_seq_len: int = 0  # 0 = train_seq_len
+    eval_stride: int = 64
+    eval_batch_windows: int = 32
+    eval_contexts: str = ""  # extra context lengths for the multi-context report, e.g. "512,1024,2048"
+
+    # ------------------------------------------------------------------------------------------
+    def finalize(self) -> "Hyperparameters":
+        """Fill derived values and check consistency. Idempotent."""
+        if not self.run_id:
+            self.run_id = f"{self.preset}_{now_stamp()}_s{self.seed}"
+        if self.eval_seq_len <= 0:
+            self.eval_seq_len = self.train_seq_len
+        if self.model_dim % self.num_heads:
+            raise GolfError(f"MODEL_DIM={self.model_dim} is not divisible by NUM_HEADS={self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise GolfError(f"NUM_HEADS={self.num_heads} is not divisible by NUM_KV_HEADS={self.num_kv_heads}")
+        if self.rope_dims < 0 or self.rope_dims > self.head_dim or self.rope_dims % 2:
+            raise GolfError(f"ROPE_DIMS={self.rope_dims} must be even and between 0 and the head dim {self.head_dim}")
+        if self.mixers:
+            n = len(self.mixer_list)
+            if n != self.num_layers:
+                raise GolfError(f"MIXERS lists {n} layers but NUM_LAYERS={self.num_layers}; give one mixer per layer")
+        if self.eval_stride <= 0 or self.eval_stride > self.eval_seq_len:
+            raise GolfError(
+                f"EVAL_STRIDE={self.eval_stride} must be between 1 and EVAL_SEQ_LEN={self.eval_seq_len}"
+            )
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads
+
+    @property
+    def mixer_list(self) -> list[str]:
+        if not self.mixers:
+            return ["attn"] * self.num_layers
+        return [m.strip() for m in self.mixers.split(",") if m.strip()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def model_config(self) -> dict[str, Any]:
+        """The subset of settings that defines the model's architecture (stored in the artifact)."""
+        return {k: getattr(self, k) for k in MODEL_FIELDS}
+
+
+# Fields that define the architecture: the artifact stores exactly these, and the loader rebuilds
+# the model from them (training-only parts like MTP heads are dropped on load).
+MODEL_FIELDS: tuple[str, ...] = (
+    "vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "rope_dims",
+    "rope_base", "logit_softcap", "qk_gain_init", "tie_embeddings", "unet_skips", "ln_scale",
+    "num_memory_tokens", "bigram_vocab_size", "bigram_dim", "smear_gate", "mtp_num_heads",
+    "mixers", "persistent_memory", "attn_window", "attn_window_frac", "global_every", "unique_layers",
+    "stream_num_streams", "stream_chunk", "deltanet_chunk", "deltanet_heads", "hypermix_hidden",
+    "train_seq_len",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# presets: only what differs from the defaults
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU smoke-scale model: trains in under 3 minutes on 2 cores and still shows learning.
+    "tiny": dict(
+        num_layers=4, model_dim=128, num_heads=4, num_kv_heads=2, mlp_mult=3.0, rope_dims=16,
+        num_memory_tokens=8, bigram_vocab_size=2048, bigram_dim=32, smear_gate=True,
+        train_seq_len=256, train_batch_tokens=8192, max_wallclock_seconds=90.0, compile_warmup_steps=2,
+        warmdown_frac=0.4, matrix_lr=0.03, scalar_lr=0.03, embed_lr=0.05, log_every=10,
+        val_max_tokens=65536, eval_stride=128, eval_batch_windows=16, val_batch_tokens=16384,
+    ),
+    # The challenge's naive baseline: 9x512, GQA 8/4, MLP 2x, seq 1024, 524k tokens/step.
+    "baseline": dict(
+        num_layers=9, model_dim=512, num_heads=8, num_kv_heads=4, mlp_mult=2.0,
+        train_seq_len=1024, train_batch_tokens=524288, quant_mlp_bits=8, quant_attn_bits=8,
+        quant_other_bits=8, ema=False, qat=False, eval_stride=64,
+    ),
+    # The 'Memory Tokens + Mixed Quantization' record stack.
+    "record": dict(
+        num_layers=10, model_dim=512, num_heads=8, num_kv_heads=4, mlp_mult=3.0, rope_dims=16,
+        num_memory_tokens=64, bigram_vocab_size=10240, bigram_dim=128, smear_gate=True,
+        train_seq_len=2048, train_batch_tokens=786432, quant_mlp_bits=5, quant_attn_bits=6,
+        quant_embed_bits=8, eval_stride=64, eval_batch_windows=64,
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# parsing
+
+
+def _field_types() -> dict[str, type]:
+    hints = {f.name: f.type for f in fields(Hyperparameters)}
+    types = {}
+    for name, t in hints.items():
+        t = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+        types[name] = {"int": int, "float": float, "bool": bool, "str": str}[t]
+    return types
+
+
+FIELD_TYPES = _field_types()
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    t = FIELD_TYPES[name]
+    if isinstance(value, t) and not (t is int and isinstance(value, bool)):
+        return value
+    s = str(value).strip()
+    try:
+        if t is bool:
+            low = s.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(s)
+        if t is int:
+            f = float(s)
+            if f != int(f):
+                raise ValueError(s)
+            return int(f)
+        if t is float:
+            return float(s)
+        return s
+    except ValueError:
+        raise GolfError(f"{source}: {name.upper()}={value!r} is not a valid {t.__name__}") from None
+
+
+def unknown_setting_error(name: str, source: str) -> GolfError:
+    close = difflib.get_close_matches(name.lower(), list(FIELD_TYPES), n=4, cutoff=0.6)
+    hint = f"; did you mean {', '.join(c.upper() for c in close)}?" if close else "; see golf/config.py for the list"
+    return GolfError(f"{source}: unknown setting {name!r}{hint}")
+
+
+def check_name(name: str, source: str) -> str:
+    key = name.strip().lstrip("-").replace("-", "_").lower()
+    if key not in FIELD_TYPES:
+        raise unknown_setting_error(name, source)
+    return key
+
+
+def parse_cli(argv: Sequence[str]) -> dict[str, Any]:
+    """--num-layers 10, --num_layers=10, --smear-gate (bare flag = true for booleans)."""
+    out: dict[str, Any] = {}
+    i = 0
+    argv = list(argv)
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise GolfError(f"command line: unexpected argument {arg!r}; settings look like --num-layers 10")
+        body = arg[2:]
+        if "=" in body:
+            name, value = body.split("=", 1)
+            i += 1
+        else:
+            name = body
+            key = check_name(name, "command line")
+            if FIELD_TYPES[key] is bool and (i + 1 >= len(argv) or argv[i + 1].startswith("--")):
+                value = "true"
+                i += 1
+            else:
+                if i + 1 >= len(argv):
+                    raise GolfError(f"command line: --{name} needs a value")
+                value = argv[i + 1]
+                i += 2
+        key = check_name(name, "command line")
+        out[key] = _coerce(key, value, "command line")
+    return out
+
+
+# Environment variables that look like ours but are not: only names close to a real setting are
+# flagged, so unrelated variables (PATH, HOME, CUDA_VISIBLE_DEVICES...) pass untouched.
+_ENV_IGNORE = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+
+
+def parse_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    upper = {k.upper(): k for k in FIELD_TYPES}
+    for name, value in env.items():
+        if name in upper:
+            key = upper[name]
+            out[key] = _coerce(key, value, "environment")
+        elif name.isupper() and name not in _ENV_IGNORE and "_" in name:
+            close = difflib.get_close_matches(name, list(upper), n=3, cutoff=0.88)
+            if close:
+                raise GolfError(
+                    f"environment: unknown setting {name}; did you mean {', '.join(close)}? "
+                    f"(unset {name} or fix its spelling)"
+                )
+    return out
+
+
+def apply_overrides(h: Hyperparameters, overrides: Mapping[str, Any], source: str) -> Hyperparameters:
+    for k, v in overrides.items():
+        key = check_name(k, source)
+        setattr(h, key, _coerce(key, v, source))
+    return h
+
+
+def load_config(
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    preset: str | None = None,
+    finalize: bool = True,
+) -> Hyperparameters:
+    """Build the run's Hyperparameters once: defaults < preset < env < CLI."""
+    env = dict(os.environ if env is None else env)
+    cli = parse_cli(argv or [])
+    env_over = parse_env(env)
+    name = cli.get("preset") or env_over.get("preset") or preset or Hyperparameters.preset
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, list(PRESETS), n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise GolfError(f"unknown preset {name!r}{hint} (known: {', '.join(PRESETS)})")
+    h = Hyperparameters(preset=name)
+    apply_overrides(h, PRESETS[name], f"preset {name}")
+    apply_overrides(h, env_over, "environment")
+    apply_overrides(h, cli, "command line")
+    return h.finalize() if finalize else h
+
+
+def from_dict(d: Mapping[str, Any], source: str = "config") -> Hyperparameters:
+    """Rebuild Hyperparameters from a saved dict (records, checkpoints); unknown keys are errors."""
+    h = Hyperparameters()
+    apply_overrides(h, d, source)
+    return h
+
+
+def dumps(h: Hyperparameters) -> str:
+    return json.dumps(h.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,136 @@
+"""The plug-in interface every sequence mixer and memory mechanism implements.
+
+A *sequence mixer* replaces a block's attention: it maps x [B, T, D] to y [B, T, D] and may only
+look at positions <= t to produce position t (tests/memory check this for every registered mixer).
+Mixers are chosen per layer by `MIXERS=attn,attn,stream,...`; the backbone never imports a
+mechanism directly, only this registry.
+
+Every parameter carries two tags, read by the quantiser (golf/quant.py) and the optimizer
+(golf/optim.py), so a new mechanism never edits either:
+  quant group: "mlp" | "attn" | "embed" | "other" | "control"   (control = kept in fp16)
+  optim group: "matrix" (Muon) | "embed" | "scalar" | "memory"    (memory = AdamW, no weight decay)
+Untagged parameters are classified by shape: 2-D -> ("other", "matrix"), else ("control", "scalar").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+QUANT_GROUPS = ("mlp", "attn", "embed", "other", "control")
+OPTIM_GROUPS = ("matrix", "embed", "scalar", "memory")
+
+
+def tag(p: nn.Parameter, quant: str | None = None, optim: str | None = None) -> nn.Parameter:
+    """Attach quantisation / optimizer group tags to a parameter (returns it for chaining)."""
+    if quant is not None:
+        assert quant in QUANT_GROUPS, quant
+        p._golf_quant = quant  # type: ignore[attr-defined]
+    if optim is not None:
+        assert optim in OPTIM_GROUPS, optim
+        p._golf_optim = optim  # type: ignore[attr-defined]
+    return p
+
+
+def tag_module(m: nn.Module, quant: str | None = None, optim: str | None = None) -> nn.Module:
+    """Tag every 2-D parameter of `m` (vectors stay control/scalar unless tagged explicitly)."""
+    for p in m.parameters():
+        if p.ndim >= 2:
+            tag(p, quant, optim)
+    return m
+
+
+def quant_group_of(p: Tensor) -> str:
+    g = getattr(p, "_golf_quant", None)
+    if g is not None:
+        return g
+    return "other" if p.ndim >= 2 else "control"
+
+
+def optim_group_of(p: Tensor) -> str:
+    g = getattr(p, "_golf_optim", None)
+    if g is not None:
+        return g
+    return "matrix" if p.ndim >= 2 else "scalar"
+
+
+@dataclass
+class MixerContext:
+    """What a mixer may use besides x. Built once per forward by the backbone.
+
+    cos/sin: rotary tables for positions [0, T) of the full sequence (prefix included), or None.
+    num_prefix: how many leading positions are memory tokens (not real text, visible to all).
+    doc_start: bool [B, T], True at BOS positions (mixers with state may reset there), or None.
+    """
+
+    cos: Tensor | None = None
+    sin: Tensor | None = None
+    num_prefix: int = 0
+    doc_start: Tensor | None = None
+
+
+class SequenceMixer(nn.Module):
+    """Base class. Subclasses set `name`, build parameters in __init__(cfg, layer_idx) and
+    implement forward(x, ctx) -> y. Recurrent mixers also implement the state API below, and
+    `forward` (the fast chunked/parallel path) must agree with `forward_recurrent` (the naive
+    step-by-step reference) in values and gradients."""
+
+    name: ClassVar[str] = ""
+    recurrent: ClassVar[bool] = False
+
+    def __init__(self, cfg: dict[str, Any], layer_idx: int):
+        super().__init__()
+        self.cfg = dict(cfg)
+        self.layer_idx = layer_idx
+
+    def forward(self, x: Tensor, ctx: MixerContext) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # --- recurrent mixers only -------------------------------------------------------------
+    def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} has no recurrent state")
+
+    def step(self, x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """One token: x_t [B, D] -> (y_t [B, D], new state)."""
+        raise NotImplementedError(f"{type(self).__name__} has no recurrent step")
+
+    def forward_recurrent(self, x: Tensor, ctx: MixerContext) -> Tensor:
+        """Reference: run `step` over the sequence."""
+        state = self.init_state(x.shape[0], x.device, x.dtype)
+        ys = []
+        for t in range(x.shape[1]):
+            y, state = self.step(x[:, t], state)
+            ys.append(y)
+        return torch.stack(ys, dim=1)
+
+
+MIXERS: dict[str, type[SequenceMixer]] = {}
+
+
+def register(cls: type[SequenceMixer]) -> type[SequenceMixer]:
+    """Class decorator: make a mixer selectable by name in MIXERS=..."""
+    assert cls.name and cls.name not in MIXERS, cls.name
+    MIXERS[cls.name] = cls
+    return cls
+
+
+def build_mixer(name: str, cfg: dict[str, Any], layer_idx: int) -> SequenceMixer:
+    from golf.memory import load_all
+    from golf.utils import GolfError
+
+    load_all()  # registers every mechanism
+
+    if name not in MIXERS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(MIXERS), n=3)
+        raise GolfError(
+            f"MIXERS: unknown mixer {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+            + f" (known: {', '.join(sorted(MIXERS))})"
+        )
+    return MIXERS[name](cfg, layer_idx)
+
+
+Factory = Callable[[dict[str, Any], int], SequenceMixer]

@@ -1,0 +1,228 @@
+"""Small shared helpers: the project's error type, atomic file writes, run provenance, run logs.
+
+Everything that writes a file the user keeps (shards, manifests, artifacts, records) goes through
+`atomic_write_*` so an interrupted run never leaves a half-written file under the final name.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+class GolfError(RuntimeError):
+    """A user-facing error: the message names the file involved and what to do about it.
+
+    Entry points catch it and print the message without a traceback (exit code 2)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, exist_ok: bool = False) -> Iterator[Path]:
+    """Build a directory under a temporary name and rename it into place at the end.
+
+    With exist_ok=False an existing `path` is an error (records are never overwritten)."""
+    path = Path(path)
+    if path.exists() and not exist_ok:
+        raise GolfError(f"{path} already exists; choose another name (records are never overwritten)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            if not exist_ok:
+                raise GolfError(f"{path} appeared while it was being written; nothing was overwritten")
+            import shutil
+
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# hashing and provenance
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def git_commit(short: bool = False) -> str:
+    """The commit the code runs at, with '+dirty' when the tree has uncommitted changes."""
+    try:
+        root = repo_root()
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if rev.returncode != 0:
+            return "unknown"
+        commit = rev.stdout.strip()
+        if short:
+            commit = commit[:12]
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+        return commit + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("torch", "numpy", "sentencepiece", "zstandard", "triton"):
+        mod = sys.modules.get(name)
+        try:
+            if mod is None:
+                import importlib
+
+                mod = importlib.import_module(name)
+            out[name] = getattr(mod, "__version__", "?")
+        except Exception:
+            pass
+    return out
+
+
+def device_description() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            n = torch.cuda.device_count()
+            return f"{n}x {torch.cuda.get_device_name(0)}"
+    except Exception:
+        pass
+    return f"cpu ({os.cpu_count()} cores, {platform.machine()})"
+
+
+def now_stamp() -> str:
+    return _dt.datetime.now().strftime("%Y%m%d_%H%M%S")
+
+
+def today() -> str:
+    return _dt.date.today().isoformat()
+
+
+# ---------------------------------------------------------------------------------------------
+# run log
+
+
+class RunLog:
+    """One log file per run: a header (config, commit, versions, device), then `key:value` lines.
+
+    Only rank 0 writes; other ranks get a silent logger. Lines also go to stdout unless quiet."""
+
+    def __init__(self, path: str | os.PathLike | None, enabled: bool = True, echo: bool = True):
+        self.path = Path(path) if path else None
+        self.enabled = enabled
+        self.echo = echo
+        if self.enabled and self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, "a", encoding="utf-8")
+        else:
+            self._f = None
+
+    def write(self, line: str) -> None:
+        if not self.enabled:
+            return
+        if self.echo:
+            print(line, flush=True)
+        if self._f is not None:
+            self._f.write(line + "\n")
+            self._f.flush()
+
+    def kv(self, **items: Any) -> None:
+        """Write one greppable line: `key:value key:value ...`."""
+        parts = []
+        for k, v in items.items():
+            if isinstance(v, float):
+                v = f"{v:.6g}" if abs(v) < 1e6 else f"{v:.1f}"
+            parts.append(f"{k}:{v}")
+        self.write(" ".join(parts))
+
+    def header(self, config: dict[str, Any]) -> None:
+        self.write(f"# golf run log, {_dt.datetime.now().isoformat(timespec='seconds')}")
+        self.kv(commit=git_commit())
+        self.write("versions:" + json.dumps(package_versions(), sort_keys=True))
+        self.write("device:" + device_description())
+        self.write("config:" + json.dumps(config, sort_keys=True, default=str))
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def main_guard(fn):
+    """Wrap an entry point's main(): GolfError → message on stderr and exit code 2, no traceback."""
+
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GolfError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
