@@ -103,6 +103,7 @@ class Hyperparameters:
     quant_attn_bits: int = 6
     quant_embed_bits: int = 8  # 16 = keep fp16
     quant_other_bits: int = 6  # matrices that are neither MLP, attention nor embedding
+    quant_min_numel: int = 65536  # smaller tensors (and vectors) stay fp16 (golf/quant.py)
     zstd_level: int = 22
     # --- evaluation ----------------------------------------------------------------------------
     eval_seq_len: int = 0  # 0 = train_seq_len

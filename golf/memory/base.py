@@ -69,6 +69,18 @@ class MixerContext:
     sin: Tensor | None = None
     num_prefix: int = 0
     doc_start: Tensor | None = None
+    # model-level mechanisms (ModelMechanism below); attention layers call attention_extra()
+    mechanisms: tuple = ()
+
+    def attention_extra(self, layer_idx: int, q: Tensor) -> Tensor | None:
+        """Sum of what the model's mechanisms add to attention layer `layer_idx`'s per-head output,
+        given its (normed, gained, un-rotated) queries q [B, H, T, hd]; None if nothing."""
+        out = None
+        for m in self.mechanisms:
+            extra = m.attention_extra(layer_idx, q)
+            if extra is not None:
+                out = extra if out is None else out + extra
+        return out
 
 
 class SequenceMixer(nn.Module):
@@ -134,3 +146,64 @@ def build_mixer(name: str, cfg: dict[str, Any], layer_idx: int) -> SequenceMixer
 
 
 Factory = Callable[[dict[str, Any], int], SequenceMixer]
+
+
+# ---------------------------------------------------------------------------------------------
+# Model-level mechanisms: things that are not a per-layer sequence mixer (memory tokens, persistent
+# memory, weight-tied depth). The backbone (golf/model.py) builds every enabled one and only calls
+# the hooks below, so a new mechanism never edits the backbone. Default hooks do nothing.
+
+
+class ModelMechanism(nn.Module):
+    """Base class. Subclasses set `name`, implement `enabled(cfg)` and override the hooks they need.
+
+    Order in GPT.forward: embeddings -> prefix() -> for each logical layer i: layer_input(x, i),
+    block (its attention calls attention_extra(unique_block_idx, q)) -> drop the prefix -> logits.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, cfg: dict[str, Any]):
+        super().__init__()
+        self.cfg = dict(cfg)
+
+    @classmethod
+    def enabled(cls, cfg: dict[str, Any]) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # positions prepended to every sequence by prefix(); they are visible to every real token,
+    # carry no loss and are stripped before the logits
+    num_prefix: int = 0
+
+    def prefix(self, x: Tensor) -> Tensor:
+        """x [B, T, D] -> [B, num_prefix + T, D]."""
+        return x
+
+    def block_schedule(self, num_layers: int) -> list[int] | None:
+        """Which unique block each logical layer runs (weight-tied depth), or None (one each)."""
+        return None
+
+    def layer_input(self, x: Tensor, logical_idx: int) -> Tensor:
+        """Adjust the residual stream before logical layer `logical_idx` runs."""
+        return x
+
+    def attention_extra(self, layer_idx: int, q: Tensor) -> Tensor | None:
+        """Extra per-head attention output [B, H, T, hd] for attention module `layer_idx`."""
+        return None
+
+
+MECHANISMS: dict[str, type[ModelMechanism]] = {}
+
+
+def register_mechanism(cls: type[ModelMechanism]) -> type[ModelMechanism]:
+    """Class decorator: the backbone builds this mechanism whenever `cls.enabled(cfg)`."""
+    assert cls.name and cls.name not in MECHANISMS, cls.name
+    MECHANISMS[cls.name] = cls
+    return cls
+
+
+def build_mechanisms(cfg: dict[str, Any]) -> list[ModelMechanism]:
+    from golf.memory import load_all
+
+    load_all()
+    return [cls(cfg) for name, cls in sorted(MECHANISMS.items()) if cls.enabled(cfg)]

@@ -1,1 +1,35 @@
-"""(placeholder: being written)"""
+"""Memory tokens: NUM_MEMORY_TOKENS learned vectors prepended to every sequence (training and eval
+alike), a global scratchpad every real token can read through the causal mask. They carry no loss
+(the backbone strips the prefix before the logits) and are excluded from weight decay (optim group
+"memory"); kept in fp16 in the artifact (quant group "control").
+Credit: Burtsev et al. 2020 "Memory Transformer"; the public parameter-golf record
+"Memory Tokens + Mixed Quantization" (64 tokens).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from golf.memory.base import ModelMechanism, register_mechanism, tag
+
+
+@register_mechanism
+class MemoryTokens(ModelMechanism):
+    name = "memory_tokens"
+
+    @classmethod
+    def enabled(cls, cfg: dict[str, Any]) -> bool:
+        return int(cfg.get("num_memory_tokens", 0)) > 0
+
+    def __init__(self, cfg: dict[str, Any]):
+        super().__init__(cfg)
+        self.num_prefix = int(cfg["num_memory_tokens"])
+        # the embeddings are RMS-normed before the blocks (unit scale); memory starts at that scale
+        self.tokens = tag(nn.Parameter(torch.randn(self.num_prefix, int(cfg["model_dim"]))),
+                          quant="control", optim="memory")
+
+    def prefix(self, x: Tensor) -> Tensor:
+        mem = self.tokens.to(x.dtype)[None].expand(x.shape[0], -1, -1)
+        return torch.cat([mem, x], dim=1)

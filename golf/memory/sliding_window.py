@@ -1,1 +1,27 @@
-"""(placeholder: being written)"""
+"""Sliding-window attention, mixer "swa": each token attends to the last ATTN_WINDOW tokens (or
+ATTN_WINDOW_FRAC of TRAIN_SEQ_LEN when ATTN_WINDOW=0) plus every memory-token prefix position.
+Mix local and global layers per layer, e.g. MIXERS=swa,swa,swa,attn (tiled over NUM_LAYERS) or
+MIXERS=swa_pattern with GLOBAL_EVERY=4 (3 local : 1 global; golf.model.layer_mixers).
+Credit: Longformer (Beltagy et al. 2020); local:global interleaving as in Gemma 2/3.
+The window is fixed in tokens at build time, so evaluating at a longer context keeps it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from golf.attention import CausalSelfAttention
+from golf.memory.base import register
+from golf.utils import GolfError
+
+
+@register
+class SlidingWindowAttention(CausalSelfAttention):
+    name = "swa"
+
+    def window_size(self, cfg: dict[str, Any]) -> int:
+        w = int(cfg.get("attn_window", 0))
+        if w <= 0:
+            w = int(round(float(cfg.get("attn_window_frac", 0.25)) * int(cfg.get("train_seq_len", 1024))))
+        if w < 1:
+            raise GolfError(f"sliding window of {w} tokens: set ATTN_WINDOW >= 1 or a larger ATTN_WINDOW_FRAC")
+        return w

@@ -1,1 +1,40 @@
-"""(placeholder: being written)"""
+"""Weight-tied depth: UNIQUE_LAYERS=K unique blocks run as NUM_LAYERS logical layers, cycling
+(logical layer i runs block i mod K), with a learned per-iteration embedding added to the residual
+stream before each logical layer so tied passes can behave differently. Same bytes, more compute.
+Credit: Universal Transformers (Dehghani et al. 2019); TinyMemoryLM (8 unique -> 16 logical);
+public parameter-golf records that loop middle layers ("depth recurrence").
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from golf.memory.base import ModelMechanism, register_mechanism, tag
+from golf.utils import GolfError
+
+
+@register_mechanism
+class WeightTiedDepth(ModelMechanism):
+    name = "weight_tied"
+
+    @classmethod
+    def enabled(cls, cfg: dict[str, Any]) -> bool:
+        k = int(cfg.get("unique_layers", 0))
+        return 0 < k
+
+    def __init__(self, cfg: dict[str, Any]):
+        super().__init__(cfg)
+        self.unique = int(cfg["unique_layers"])
+        n = int(cfg["num_layers"])
+        if self.unique > n:
+            raise GolfError(f"UNIQUE_LAYERS={self.unique} is more than NUM_LAYERS={n}; use <= NUM_LAYERS (0 = off)")
+        # zero init: a fresh tied model equals the plain tied stack
+        self.iter_emb = tag(nn.Parameter(torch.zeros(n, int(cfg["model_dim"]))), quant="control", optim="memory")
+
+    def block_schedule(self, num_layers: int) -> list[int]:
+        return [i % self.unique for i in range(num_layers)]
+
+    def layer_input(self, x: Tensor, logical_idx: int) -> Tensor:
+        return x + self.iter_emb[logical_idx].to(x.dtype)

@@ -1,0 +1,129 @@
+"""Optimizers: Muon for 2-D weight matrices, AdamW for everything else.
+
+Parameters are routed by their optim tag (golf/memory/base.py `optim_group_of`), so a new mechanism
+picks its optimizer by tagging, never by editing this file:
+  "matrix" -> Muon (MATRIX_LR, MUON_WEIGHT_DECAY)
+  "embed"  -> AdamW (EMBED_LR, ADAM_WEIGHT_DECAY)
+  "scalar" -> AdamW (SCALAR_LR, no weight decay: gains and gates must not be pulled to zero)
+  "memory" -> AdamW (MEMORY_LR, no weight decay: memory tokens are content, not weights)
+
+Every param group remembers its `base_lr`; the trainer multiplies it by the schedule's LR scale.
+Under DDP the gradients are already averaged by DDP's all-reduce before `step()`, so every rank runs
+the same orthogonalisation on the same averaged gradient and the weights stay identical.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from golf.memory.base import optim_group_of
+
+
+@torch.no_grad()
+def zeropower_via_newtonschulz5(G: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
+    """Approximately orthogonalise G (replace its singular values by ~1) with a quintic
+    Newton-Schulz iteration. Coefficients from Keller Jordan's modded-nanogpt Muon, chosen to push
+    singular values into [~0.7, ~1.2] in 5 steps rather than to converge exactly.
+    bf16 on CUDA (as modded-nanogpt / parameter-golf); fp32 on CPU where bf16 matmuls are slow."""
+    assert G.ndim == 2, G.shape
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G.to(torch.bfloat16 if G.is_cuda else torch.float32)
+    X = X / (X.norm() + eps)  # spectral norm <= Frobenius norm <= 1
+    transposed = G.size(0) > G.size(1)
+    if transposed:  # iterate on the wide side: X X^T is the smaller Gram matrix
+        X = X.T
+    for _ in range(steps):
+        A = X @ X.T
+        B = b * A + c * A @ A
+        X = a * X + B @ X
+    if transposed:
+        X = X.T
+    return X.to(G.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """MomentUm Orthogonalized by Newton-Schulz (Keller Jordan, 2024; modded-nanogpt).
+
+    update = NS5(nesterov_momentum(grad)) * sqrt(max(1, rows/cols)); decoupled weight decay
+    p <- p * (1 - lr * wd) (as in the parameter-golf records' Muon WD). Tensors with more than two
+    dimensions are treated as [shape[0], -1] matrices."""
+
+    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
+                 backend_steps: int = 5, weight_decay: float = 0.0):
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, backend_steps=backend_steps,
+                        weight_decay=weight_decay)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(g)
+                buf = state["momentum_buffer"]
+                buf.mul_(mom).add_(g)
+                g = g.add(buf, alpha=mom) if group["nesterov"] else buf
+                g2 = g.reshape(g.shape[0], -1)
+                update = zeropower_via_newtonschulz5(g2, steps=group["backend_steps"])
+                update = update * max(1.0, g2.size(0) / g2.size(1)) ** 0.5
+                if wd:
+                    p.mul_(1.0 - lr * wd)
+                p.add_(update.view_as(p).to(p.dtype), alpha=-lr)
+        return loss
+
+
+def param_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """{optim group: [(name, param), ...]} for every trainable parameter (tied weights once)."""
+    groups: dict[str, list[tuple[str, nn.Parameter]]] = {"matrix": [], "embed": [], "scalar": [], "memory": []}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        g = optim_group_of(p)
+        if g == "matrix" and p.ndim < 2:  # a mis-tagged vector cannot be orthogonalised
+            g = "scalar"
+        groups[g].append((name, p))
+    return groups
+
+
+def build_optimizers(model: nn.Module, h) -> list[torch.optim.Optimizer]:
+    """[AdamW (embed/scalar/memory groups), Muon (matrix group)]; empty ones are left out.
+
+    Each param group carries `name` and `base_lr` so the trainer can apply the LR schedule."""
+    groups = param_groups(model)
+    fused = next(model.parameters()).is_cuda
+    adam_groups = []
+    for gname, lr, wd in (("embed", h.embed_lr, h.adam_weight_decay), ("scalar", h.scalar_lr, 0.0),
+                          ("memory", h.memory_lr, 0.0)):
+        if groups[gname]:
+            adam_groups.append(dict(params=[p for _, p in groups[gname]], lr=lr, base_lr=lr,
+                                    weight_decay=wd, name=gname))
+    opts: list[torch.optim.Optimizer] = []
+    if adam_groups:
+        opts.append(torch.optim.AdamW(adam_groups, betas=(h.beta1, h.beta2), eps=h.adam_eps,
+                                      fused=fused or None))
+    if groups["matrix"]:
+        opts.append(Muon([dict(params=[p for _, p in groups["matrix"]], lr=h.matrix_lr, base_lr=h.matrix_lr,
+                               name="matrix")],
+                         momentum=h.muon_momentum, backend_steps=h.muon_backend_steps,
+                         weight_decay=h.muon_weight_decay))
+    return opts
+
+
+def apply_schedule(optimizers: list[torch.optim.Optimizer], lr_scale: float, muon_momentum: float) -> None:
+    """Set every group's lr to base_lr * lr_scale and Muon's momentum."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * lr_scale
+            if isinstance(opt, Muon):
+                group["momentum"] = muon_momentum

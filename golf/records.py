@@ -1,0 +1,292 @@
+"""Records: the committed evidence of a run (or an A/B) and the rules a valid record follows.
+
+A record is a folder `records/<track>/<YYYY-MM-DD>_<name>/` holding
+  submission.json         the challenge's fields + seeds, per-seed results, commit, config, hardware
+  README.md               generated: result table, techniques (from the config), reproduce command
+  train_seed<N>.log       the training log of every seed (never cherry-picked)
+  eval_seed<N>.json       the sliding-window evaluation of every seed's round-tripped artifact
+  *.png                   loss curve, BPB vs position
+It never holds the weights or a copy of the code: `commit` + `config` pin them, and
+`make bundle RECORD=...` regenerates the single-file submission.
+
+Tracks keep comparable numbers together (same hardware class, preset and validation data):
+  track_10min_16mb      the challenge's track: record preset, 8xH100, FineWeb data
+  cpu_tiny              the default CPU job (tiny preset, default Shakespeare corpus)
+  <hw>_<preset>[_<data>] anything else, e.g. 1xH100_record_wiki_sp1024
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+from golf.utils import GolfError
+
+BYTES_CAP = 16_000_000  # decimal bytes: compressed model + code (challenge rule)
+ABLATIONS_TRACK = "ablations"
+CHALLENGE_TRACK = "track_10min_16mb"
+CHALLENGE_FIELDS = ("author", "github_id", "name", "blurb", "date", "val_loss", "val_bpb", "bytes_total", "bytes_code")
+SEED_FIELDS = ("seed", "val_loss", "val_bpb", "bytes_total")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+# Settings that never change the result; left out of reproduce commands and cache keys.
+NON_RESULT_KEYS = ("run_id", "out_dir", "resume", "seed", "preset", "log_every", "checkpoint_every")
+
+
+# ---------------------------------------------------------------------------------------------
+# names and places
+
+
+def check_record_name(name: str) -> str:
+    if not _NAME_RE.match(name or ""):
+        raise GolfError(
+            f"record name {name!r} is not usable as a folder name; use letters, digits, '.', '_' or '-' "
+            "(e.g. NAME=memtok64_int5)"
+        )
+    return name
+
+
+def hardware_slug(hardware: str) -> str:
+    """'8x NVIDIA H100 80GB HBM3' -> '8xH100'; 'cpu (2 cores, x86_64)' -> 'cpu'."""
+    m = re.match(r"(\d+)x\s+(.*)", hardware)
+    if not m:
+        return "cpu"
+    model = re.search(r"\b([A-Z]+\d+[A-Za-z]*)\b", m.group(2))
+    return f"{m.group(1)}x{model.group(1) if model else 'GPU'}"
+
+
+def default_track(preset: str, hardware: str, data_path: str, default_data_path: str) -> str:
+    hw = hardware_slug(hardware)
+    data = Path(data_path).name
+    if preset == "record" and hw == "8xH100" and data.startswith("fineweb"):
+        return CHALLENGE_TRACK
+    track = f"{hw}_{preset}"
+    if Path(data_path) != Path(default_data_path):
+        track += f"_{data}"
+    return track
+
+
+def find_existing(records_dir: Path, track: str, name: str) -> Path | None:
+    """A record of that name in the track, on any date (names identify records; never reuse one)."""
+    folder = Path(records_dir) / track
+    if not folder.is_dir():
+        return None
+    for p in sorted(folder.iterdir()):
+        if p.is_dir() and not p.name.startswith(".") and p.name[11:] == name and p.name[:10].count("-") == 2:
+            return p
+    return None
+
+
+def record_dir(records_dir: Path, track: str, date: str, name: str) -> Path:
+    return Path(records_dir) / track / f"{date}_{name}"
+
+
+# ---------------------------------------------------------------------------------------------
+# what the config says about the model (README technique list, reproduce command)
+
+
+def techniques(cfg: dict[str, Any]) -> list[str]:
+    """Human-readable list of the techniques a config switches on, in the order a reader cares about."""
+    g = lambda k, d=None: cfg.get(k, d)  # noqa: E731
+    out = []
+    dim, layers = g("model_dim"), g("num_layers")
+    kv = g("num_kv_heads")
+    out.append(
+        f"{layers} layers x {dim} wide, {g('num_heads')} heads"
+        + (f" / {kv} KV heads (GQA)" if kv and kv != g("num_heads") else "")
+        + f", relu^2 MLP {g('mlp_mult')}x, vocab {g('vocab_size')}, seq {g('train_seq_len')}"
+    )
+    if g("unique_layers"):
+        out.append(f"weight-tied depth: {g('unique_layers')} unique blocks run as {layers} layers")
+    mixers = [m.strip() for m in (g("mixers") or "").split(",") if m.strip()]
+    if mixers and set(mixers) != {"attn"}:
+        counts = {m: mixers.count(m) for m in dict.fromkeys(mixers)}
+        out.append("sequence mixers: " + ", ".join(f"{n}x {m}" for m, n in counts.items()) + f" ({g('mixers')})")
+    if g("num_memory_tokens"):
+        out.append(f"{g('num_memory_tokens')} memory tokens (learned, prepended to every sequence)")
+    if g("persistent_memory"):
+        out.append(f"persistent memory: {g('persistent_memory')} learned K/V slots per attention layer")
+    if g("bigram_vocab_size"):
+        out.append(f"BigramHash embedding {g('bigram_vocab_size')}x{g('bigram_dim')}")
+    if g("smear_gate"):
+        out.append("SmearGate (reset at BOS)")
+    if g("mtp_num_heads"):
+        out.append(f"{g('mtp_num_heads')} MTP auxiliary heads (weight {g('mtp_loss_weight')}, training only)")
+    rope = g("rope_dims")
+    if rope and dim and g("num_heads") and rope < dim // g("num_heads"):
+        out.append(f"partial RoPE ({rope}/{dim // g('num_heads')} dims)")
+    if g("unet_skips"):
+        out.append("U-Net skips")
+    if g("tie_embeddings"):
+        out.append("tied embeddings")
+    if g("logit_softcap"):
+        out.append(f"logit softcap {g('logit_softcap')}")
+    out.append(
+        f"Muon (matrix lr {g('matrix_lr')}, wd {g('muon_weight_decay')}) + AdamW; "
+        f"warm-down {g('warmdown_frac')} of the budget"
+    )
+    if g("ema"):
+        out.append(f"EMA of weights for export (horizon {g('ema_horizon_frac')} of the run)")
+    if g("qat"):
+        out.append(f"late QAT (fake-quantise once the LR scale < {g('qat_lr_scale')})")
+    bits = lambda b: "fp16" if b == 16 else f"int{b}"  # noqa: E731
+    out.append(
+        f"quantisation: MLP {bits(g('quant_mlp_bits'))}, attention {bits(g('quant_attn_bits'))}, "
+        f"embedding {bits(g('quant_embed_bits'))}, other {bits(g('quant_other_bits'))}; zstd-{g('zstd_level')}"
+    )
+    out.append(f"sliding-window eval: seq {g('eval_seq_len')}, stride {g('eval_stride')}")
+    return out
+
+
+def non_default_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Settings of `cfg` that differ from its preset (what a reproduce command must pass)."""
+    from golf.config import load_config
+
+    base = load_config(argv=[], env={}, preset=cfg.get("preset", "tiny"), finalize=False)
+    base.eval_seq_len = base.eval_seq_len or cfg.get("train_seq_len", base.train_seq_len)
+    ref = base.to_dict()
+    out = {}
+    for k, v in cfg.items():
+        if k in NON_RESULT_KEYS or k not in ref:
+            continue
+        if k == "eval_seq_len" and v == cfg.get("train_seq_len") and ref[k] in (0, v):
+            continue
+        if v != ref[k]:
+            out[k] = v
+    return out
+
+
+def env_assignments(settings: dict[str, Any]) -> list[str]:
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "1" if v else "0"
+        return str(v)
+
+    return [f"{k.upper()}={shlex.quote(fmt(v))}" for k, v in sorted(settings.items())]
+
+
+def reproduce_command(name: str, cfg: dict[str, Any], seeds: list[int]) -> str:
+    parts = ["make train-and-submit", f"NAME={shlex.quote(name)}", f"PRESET={cfg.get('preset', 'tiny')}",
+             "SEEDS=" + ",".join(str(s) for s in seeds)]
+    return " ".join(parts + env_assignments(non_default_settings(cfg)))
+
+
+# ---------------------------------------------------------------------------------------------
+# README
+
+
+def _f(x: Any, nd: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def render_readme(sub: dict[str, Any]) -> str:
+    cfg = sub.get("config", {})
+    lines = [
+        f"# {sub['name']}",
+        "",
+        f"{sub.get('blurb') or ''}".strip(),
+        "",
+        f"- **val_bpb {sub['val_bpb']:.4f}** (sliding window, mean of {len(sub['seeds'])} seed(s), "
+        f"std {sub.get('val_bpb_std', 0.0):.4f}); val_loss {sub['val_loss']:.4f} nats",
+        f"- bytes_total {sub['bytes_total']:,} (code {sub['bytes_code']:,}) of the {BYTES_CAP:,} cap",
+        f"- author {sub.get('author')} ({sub.get('github_id') or '-'}), {sub['date']}, track `{sub.get('track')}`",
+        f"- hardware: {sub.get('hardware')}; commit `{sub.get('commit')}`; data manifest sha256 `{sub.get('data', {}).get('manifest_sha256', '-')}`",
+        "",
+        "## Results per seed",
+        "",
+        "| seed | val_bpb | val_loss | val_bpb (round-trip, no sliding) | bytes_total | steps | train s | eval s | run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sub["seed_results"]:
+        lines.append(
+            f"| {r['seed']} | {_f(r['val_bpb'])} | {_f(r['val_loss'])} | {_f(r.get('val_bpb_roundtrip_nonsliding'))} "
+            f"| {r['bytes_total']:,} | {_f(r.get('steps'))} | {_f(r.get('train_seconds'), 1)} "
+            f"| {_f(r.get('eval_seconds'), 1)} | {r.get('run_id', '-')}{' (cached)' if r.get('reused') else ''} |"
+        )
+    lines += ["", "## Techniques", ""] + [f"- {t}" for t in techniques(cfg)]
+    lines += [
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        f"git checkout {str(sub.get('commit', '')).replace('+dirty', '')}",
+        reproduce_command(sub["name"], cfg, sub["seeds"]),
+        "```",
+        "",
+        "The weights are not stored here: the commit and the config above pin them. "
+        f"`make bundle RECORD={sub.get('record_path', '<this folder>')}` regenerates the single-file `train_gpt.py`; "
+        f"`make verify RECORD=<this folder>` re-trains and re-evaluates.",
+    ]
+    if str(sub.get("commit", "")).endswith("+dirty"):
+        lines += ["", "**Note:** the run was made from a tree with uncommitted changes, so the commit does not pin the code exactly."]
+    files = sub.get("files") or []
+    if files:
+        lines += ["", "## Files", ""] + [f"- [{f}]({f})" for f in files]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# validation (shared by the leaderboard and verify)
+
+
+def validate_record(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """Check a record folder. Returns (submission or None, list of problems; empty = valid)."""
+    folder = Path(folder)
+    path = folder / "submission.json"
+    if not path.is_file():
+        return None, ["submission.json is missing"]
+    try:
+        sub = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return None, [f"submission.json is not valid JSON ({e})"]
+    if not isinstance(sub, dict):
+        return None, ["submission.json is not a JSON object"]
+    problems = []
+    for k in CHALLENGE_FIELDS + ("seeds", "seed_results", "commit", "config"):
+        if k not in sub:
+            problems.append(f"field {k!r} is missing")
+    if problems:
+        return sub, problems
+    num = (int, float)
+    for k in ("val_loss", "val_bpb"):
+        if not isinstance(sub[k], num) or not math.isfinite(sub[k]) or sub[k] <= 0:
+            problems.append(f"{k} must be a positive number, got {sub[k]!r}")
+    for k in ("bytes_total", "bytes_code"):
+        if not isinstance(sub[k], int) or sub[k] < 0:
+            problems.append(f"{k} must be a non-negative integer, got {sub[k]!r}")
+    if isinstance(sub["bytes_total"], int) and sub["bytes_total"] > BYTES_CAP:
+        problems.append(f"bytes_total {sub['bytes_total']:,} is over the {BYTES_CAP:,}-byte cap")
+    seeds, results = sub["seeds"], sub["seed_results"]
+    if not isinstance(seeds, list) or not seeds or not isinstance(results, list):
+        return sub, problems + ["seeds must be a non-empty list and seed_results a list"]
+    if len(set(seeds)) != len(seeds):
+        problems.append(f"seeds {seeds} has duplicates")
+    got = []
+    for i, r in enumerate(results):
+        missing = [k for k in SEED_FIELDS if not isinstance(r, dict) or k not in r]
+        if missing:
+            problems.append(f"seed_results[{i}] lacks {', '.join(missing)}")
+            continue
+        got.append(r["seed"])
+        if isinstance(r["bytes_total"], int) and r["bytes_total"] > BYTES_CAP:
+            problems.append(f"seed {r['seed']}: bytes_total {r['bytes_total']:,} is over the cap")
+    if sorted(got) != sorted(seeds):
+        problems.append(f"seeds {seeds} do not match the seeds in seed_results {got}")
+    ok_results = [r for r in results if isinstance(r, dict) and all(k in r for k in SEED_FIELDS)]
+    if ok_results and not problems:
+        for k in ("val_bpb", "val_loss"):
+            m = sum(r[k] for r in ok_results) / len(ok_results)
+            if abs(m - sub[k]) > 1e-6 * max(1.0, abs(m)):
+                problems.append(f"{k} {sub[k]} is not the mean of the seed results ({m:.6f})")
+        if sub["bytes_total"] < max(r["bytes_total"] for r in ok_results):
+            problems.append("bytes_total is smaller than a seed's bytes_total (report the largest)")
+    for f in ["README.md"] + [f"train_seed{s}.log" for s in seeds] + [f"eval_seed{s}.json" for s in seeds]:
+        if not (folder / f).is_file():
+            problems.append(f"{f} is missing")
+    return sub, problems

@@ -1,0 +1,87 @@
+"""Causality for every registered sequence mixer and for the full model with every mechanism on:
+changing inputs at positions > t must leave outputs at positions <= t unchanged."""
+import pytest
+import torch
+
+from golf.config import Hyperparameters
+from golf.layers import BOS_ID, Rotary
+from golf.memory import load_all
+from golf.memory.base import MIXERS, MixerContext, build_mixer
+from golf.model import GPT
+
+T, D, P = 24, 32, 3
+
+
+def small_cfg(**kw):
+    cfg = Hyperparameters().model_config()
+    cfg.update(vocab_size=64, num_layers=4, model_dim=D, num_heads=4, num_kv_heads=2, mlp_mult=2.0,
+               rope_dims=4, train_seq_len=T, attn_window=5, stream_chunk=8, deltanet_chunk=8)
+    cfg.update(kw)
+    return cfg
+
+
+def randomize(module, std=0.1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.is_floating_point():
+                p.add_(torch.randn(p.shape, generator=g) * std)
+    return module
+
+
+def _mixer_names():
+    load_all()
+    return sorted(MIXERS)
+
+
+def test_core_mixers_registered():
+    names = _mixer_names()
+    assert "attn" in names and "swa" in names
+
+
+@pytest.mark.parametrize("name", _mixer_names())
+@pytest.mark.parametrize("num_prefix", [0, P])
+def test_mixer_is_causal(name, num_prefix):
+    torch.manual_seed(0)
+    mixer = randomize(build_mixer(name, small_cfg(), 0)).eval()
+    n = num_prefix + T
+    cos, sin = Rotary(4)(n, torch.device("cpu"))
+    doc_start = torch.zeros(2, n, dtype=torch.bool)
+    doc_start[:, num_prefix + 10] = True
+    ctx = MixerContext(cos=cos, sin=sin, num_prefix=num_prefix, doc_start=doc_start)
+    x = torch.randn(2, n, D)
+    y = mixer(x, ctx)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    for t in (num_prefix + 2, num_prefix + 11, n - 2):
+        x2 = x.clone()
+        x2[:, t + 1:] = torch.randn(2, n - t - 1, D) * 3
+        y2 = mixer(x2, ctx)
+        torch.testing.assert_close(y2[:, : t + 1], y[:, : t + 1], rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(y2[:, t + 1:], y[:, t + 1:])  # the test can fail: the future did change
+
+
+ALL_ON = dict(num_memory_tokens=P, bigram_vocab_size=32, bigram_dim=8, smear_gate=True, mtp_num_heads=2,
+              persistent_memory=4, unique_layers=2, mixers="swa,attn")
+
+
+@pytest.mark.parametrize("extra", [dict(), ALL_ON, dict(ALL_ON, unique_layers=0, mixers="swa_pattern", global_every=2)])
+def test_full_model_is_causal(extra):
+    torch.manual_seed(0)
+    m = randomize(GPT(small_cfg(**extra)))
+    m.eval()
+    idx = torch.randint(2, 64, (2, T))
+    idx[:, 9] = BOS_ID
+    logits = m(idx)
+    assert logits.shape == (2, T, 64)
+    for t in (0, 8, 9, 15, T - 2):
+        idx2 = idx.clone()
+        idx2[:, t + 1:] = torch.randint(2, 64, (2, T - t - 1))
+        l2 = m(idx2)
+        torch.testing.assert_close(l2[:, : t + 1], logits[:, : t + 1], rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(l2[:, t + 1:], logits[:, t + 1:])
+    # per-token losses obey the same rule (target of t is idx[t+1], so compare up to t-1)
+    tgt = torch.roll(idx, -1, dims=1)
+    loss = m(idx, tgt, reduction="none")
+    idx3 = idx.clone()
+    idx3[:, 12:] = torch.randint(2, 64, (2, T - 12))
+    torch.testing.assert_close(m(idx3, torch.roll(idx3, -1, dims=1), reduction="none")[:, :11], loss[:, :11])

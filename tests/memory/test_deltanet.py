@@ -1,0 +1,115 @@
+"""Gated DeltaNet: causality, chunked WY/UT form vs step-by-step recurrence (values and gradients,
+several chunk sizes, T not a multiple of the chunk), the core against the paper's matrix form."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from golf.memory.base import MIXERS, MixerContext, optim_group_of, quant_group_of
+from golf.memory.deltanet import GatedDeltaNet, chunk_gated_delta
+
+CFG = dict(model_dim=32, num_heads=4, deltanet_heads=2, deltanet_chunk=16)
+
+
+def make(seed=0, **over):
+    torch.manual_seed(seed)
+    m = GatedDeltaNet({**CFG, **over}, 0)
+    nn.init.normal_(m.out_proj.weight, std=0.2)  # zero-init output would make every check trivial
+    return m
+
+
+def grads(m, x, y):
+    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    return torch.autograd.grad((y * w).sum(), [x] + list(m.parameters()))
+
+
+def test_registered_and_fresh_layer_is_identity():
+    assert MIXERS["deltanet"] is GatedDeltaNet and GatedDeltaNet.recurrent
+    m = GatedDeltaNet(CFG, 0)
+    assert torch.count_nonzero(m(torch.randn(2, 8, 32), MixerContext())) == 0
+
+
+def test_causal():
+    m = make()
+    x = torch.randn(2, 40, 32)
+    y = m(x, MixerContext())
+    for t in (0, 5, 15, 16, 33):
+        x2 = x.clone()
+        x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:])
+        y2 = m(x2, MixerContext())
+        torch.testing.assert_close(y2[:, : t + 1], y[:, : t + 1], rtol=0, atol=1e-6)
+        assert (y2[:, t + 1:] - y[:, t + 1:]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("chunk,T,heads", [(16, 37, 2), (5, 23, 4), (64, 20, 1), (1, 6, 2), (8, 64, 2)])
+def test_chunked_matches_recurrent(chunk, T, heads):
+    m = make(chunk, deltanet_chunk=chunk, deltanet_heads=heads)
+    x = torch.randn(2, T, 32, requires_grad=True)
+    y, y_ref = m(x, MixerContext()), m.forward_recurrent(x, MixerContext())
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+    for g, g_ref in zip(grads(m, x, y), grads(m, x, y_ref)):
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("decay", ["slow", "fast"])
+def test_extreme_decays_long_sequence(decay):
+    m = make(2, deltanet_chunk=64)
+    with torch.no_grad():
+        if decay == "slow":  # a = exp(-1e-6): the state keeps 512 tokens
+            m.A_log.fill_(-6.0), m.dt_bias.fill_(-10.0)
+        else:  # a ~ exp(-300): the state forgets at once
+            m.A_log.fill_(5.0), m.dt_bias.fill_(2.0)
+    x = torch.randn(1, 300, 32, requires_grad=True)
+    y, y_ref = m(x, MixerContext()), m.forward_recurrent(x, MixerContext())
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=2e-5)
+    for g, g_ref in zip(grads(m, x, y), grads(m, x, y_ref)):
+        # fp32 noise of both paths scales with the gradient's size (checked against float64)
+        torch.testing.assert_close(g, g_ref, rtol=1e-3, atol=1e-5 * float(g_ref.abs().max()) + 1e-5)
+
+
+def test_core_matches_paper_matrix_form():
+    """S_t = a_t S_{t-1} (I - b_t k_t k_t^T) + b_t v_t k_t^T, o_t = S_t q_t (S is [dv, dk]), with an
+    initial state carried in and the final state returned."""
+    torch.manual_seed(0)
+    B, H, T, dk, dv = 2, 3, 19, 4, 5
+    q, k = torch.randn(B, H, T, dk), F.normalize(torch.randn(B, H, T, dk), dim=-1)
+    v, g, beta = torch.randn(B, H, T, dv), -torch.rand(B, H, T), torch.rand(B, H, T)
+    S0 = torch.randn(B, H, dk, dv)
+    o, S_end = chunk_gated_delta(q, k, v, g, beta, chunk=8, state=S0)
+    S, eye = S0.transpose(-1, -2), torch.eye(dk)
+    for t in range(T):
+        kt, bt = k[:, :, t, :, None], beta[:, :, t, None, None]
+        S = g[:, :, t, None, None].exp() * S @ (eye - bt * kt @ kt.transpose(-1, -2)) + bt * v[:, :, t, :, None] @ kt.transpose(-1, -2)
+        torch.testing.assert_close(o[:, :, t], (S @ q[:, :, t, :, None])[..., 0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(S_end, S.transpose(-1, -2), rtol=1e-4, atol=1e-5)
+
+
+def test_parameter_tags_and_count():
+    D, H = 512, 8
+    m = GatedDeltaNet({**CFG, "model_dim": D, "num_heads": H, "deltanet_heads": 0}, 0)
+    assert m.num_heads == H  # DELTANET_HEADS=0 -> NUM_HEADS
+    big = {"qkv_proj.weight", "gate_proj.weight", "out_proj.weight"}
+    for name, p in m.named_parameters():
+        want = ("attn", "matrix") if name in big else ("control", "scalar")
+        assert (quant_group_of(p), optim_group_of(p)) == want, name
+    assert sum(p.numel() for p in m.parameters()) == 5 * D * D + 2 * H * D + 3 * D * 4 + 2 * H
+
+
+def test_bad_heads_is_a_clear_error():
+    from golf.utils import GolfError
+
+    with pytest.raises(GolfError, match="DELTANET_HEADS"):
+        GatedDeltaNet({**CFG, "deltanet_heads": 5}, 0)
+
+
+def test_prefill_state_then_step_continues_the_sequence():
+    """forward_with_state on a prefix, then step() on the rest == forward on the whole (generation)."""
+    m = make(5)
+    x = torch.randn(2, 21, 32)
+    y = m(x, MixerContext())
+    y_pre, state = m.forward_with_state(x[:, :13], MixerContext())
+    torch.testing.assert_close(y_pre, y[:, :13])
+    for t in range(13, 21):
+        y_t, state = m.step(x[:, t], state)
+        torch.testing.assert_close(y_t, y[:, t], rtol=1e-4, atol=1e-5)

@@ -1,0 +1,183 @@
+import math
+
+import pytest
+import torch
+
+from golf.config import Hyperparameters, load_config
+from golf.layers import BOS_ID, CastedLinear
+from golf.memory.base import OPTIM_GROUPS, QUANT_GROUPS, optim_group_of, quant_group_of
+from golf.model import GPT, count_params, layer_mixers
+from golf.utils import GolfError
+
+
+def small_cfg(**kw):
+    base = dict(vocab_size=64, num_layers=4, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=2.0,
+                rope_dims=4, train_seq_len=32)
+    base.update(kw)
+    cfg = Hyperparameters().model_config()
+    cfg.update(base)
+    return cfg
+
+
+def randomize(model, std=0.1, seed=0):
+    """Move every parameter off its (often zero) init so each path carries signal."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+def test_fresh_model_is_near_uniform():
+    torch.manual_seed(0)
+    m = GPT(small_cfg())
+    idx = torch.randint(0, 64, (2, 16))
+    logp = torch.log_softmax(m(idx), dim=-1)
+    # zero-init output projections + small tied embeddings: every prediction is close to uniform
+    assert (logp + math.log(64)).abs().max() < 0.25
+
+
+def test_forward_shapes_and_reductions():
+    torch.manual_seed(0)
+    m = randomize(GPT(small_cfg(num_memory_tokens=3, bigram_vocab_size=32, bigram_dim=8, smear_gate=True)))
+    m.eval()
+    idx = torch.randint(0, 64, (2, 16))
+    tgt = torch.randint(0, 64, (2, 16))
+    assert m(idx).shape == (2, 16, 64)
+    per_tok = m(idx, tgt, reduction="none")
+    assert per_tok.shape == (2, 16)
+    torch.testing.assert_close(per_tok.mean(), m(idx, tgt))
+    logits = m(idx)
+    ref = torch.nn.functional.cross_entropy(logits.reshape(-1, 64), tgt.reshape(-1), reduction="none")
+    torch.testing.assert_close(per_tok.reshape(-1), ref)
+    # the softcap bounds the logits
+    assert logits.abs().max() <= 30.0
+
+
+def test_mtp_aux_loss_training_only_and_not_exported():
+    torch.manual_seed(0)
+    cfg = small_cfg(mtp_num_heads=2, mtp_loss_weight=0.5, mtp_decay=0.5)
+    m = randomize(GPT(cfg))
+    idx = torch.randint(0, 64, (2, 16))
+    tgt = torch.randint(0, 64, (2, 16))
+    m.eval()
+    eval_loss = m(idx, tgt)
+    m.train()
+    train_loss = m(idx, tgt)
+    # aux by hand: head k predicts targets[t + k]
+    x = m.hidden(idx)
+    aux = sum(w * torch.nn.functional.cross_entropy(
+        m.logits_from_hidden(x[:, : 16 - k], m.mtp_heads[k - 1]).reshape(-1, 64), tgt[:, k:].reshape(-1))
+        for k, w in zip((1, 2), (0.5, 0.25)))
+    torch.testing.assert_close(train_loss, eval_loss + aux)
+    assert m(idx, tgt, reduction="none").shape == (2, 16)  # no aux in per-token mode
+    sd = m.export_state_dict()
+    assert not any(k.startswith("mtp_heads") for k in sd)
+    assert any(k.startswith("mtp_heads") for k in m.state_dict())
+    # the artifact loader's way: no MTP heads, strict load of the export
+    m2 = GPT(cfg, with_mtp=False)
+    m2.load_state_dict(sd)
+    m2.eval()
+    torch.testing.assert_close(m2(idx), m(idx) if not m.training else m.eval()(idx))
+    assert count_params(m) == count_params(m2) < count_params(m, exported_only=False)
+
+
+def test_every_parameter_is_tagged_sensibly():
+    cfg = small_cfg(num_memory_tokens=2, bigram_vocab_size=32, bigram_dim=8, smear_gate=True, mtp_num_heads=1,
+                    persistent_memory=3, unique_layers=2, tie_embeddings=False)
+    m = GPT(cfg)
+    groups = {}
+    for name, p in m.named_parameters():
+        q, o = quant_group_of(p), optim_group_of(p)
+        assert q in QUANT_GROUPS and o in OPTIM_GROUPS
+        groups[name] = (q, o)
+        if p.ndim >= 3:  # Muon only sees true matrices
+            assert o != "matrix", name
+    assert groups["tok_emb.weight"] == ("embed", "embed")
+    assert groups["lm_head.weight"] == ("embed", "embed")
+    assert groups["blocks.0.mlp.fc.weight"] == ("mlp", "matrix")
+    assert groups["blocks.1.mixer.c_q.weight"] == ("attn", "matrix")
+    assert groups["blocks.1.mixer.proj.weight"] == ("attn", "matrix")
+    assert groups["blocks.0.mixer.q_gain"] == ("control", "scalar")
+    assert groups["mechanisms.memory_tokens.tokens"] == ("control", "memory")  # no weight decay
+    assert groups["mechanisms.persistent_memory.keys"] == ("control", "memory")
+    assert groups["bigram.table.weight"] == ("embed", "embed")
+    assert groups["smear.gate"] == ("control", "scalar")
+
+
+def test_preset_parameter_counts():
+    counts = {p: count_params(GPT(load_config([], env={}, preset=p).model_config())) for p in ("tiny", "baseline", "record")}
+    print("param counts:", counts)
+    assert counts["baseline"] == 17_059_912  # the challenge baseline's model_params
+    assert 25.4e6 < counts["record"] < 25.9e6  # public memory-tokens record: ~25.8M
+    assert counts["tiny"] < 2e6
+
+
+def test_set_qat_bits_plan_and_scalar():
+    m = GPT(small_cfg())
+    n = m.set_qat_bits({"blocks.0.mlp.fc.weight": 5, "blocks.1.mixer.c_q.weight": 6, "blocks.2.mlp.fc.weight": 16})
+    assert n == 2
+    assert m.blocks[0].mlp.fc.qat_bits == 5 and m.blocks[1].mixer.c_q.qat_bits == 6
+    assert m.blocks[2].mlp.fc.qat_bits == 0  # 16 = kept in fp16, no fake quantisation
+    lins = [mod for mod in m.modules() if isinstance(mod, CastedLinear)]
+    assert m.set_qat_bits(6) == len(lins)
+    assert m.set_qat_bits(0) == 0
+
+
+def test_qat_with_real_quant_plan_trains():
+    quant = pytest.importorskip("golf.quant")
+    torch.manual_seed(0)
+    h = Hyperparameters()
+    cfg = small_cfg()
+    m = randomize(GPT(cfg))
+    plan = quant.quant_plan(m, h)
+    m.set_qat_bits(plan)
+    idx = torch.randint(0, 64, (2, 16))
+    loss = m(idx, idx)
+    loss.backward()
+    assert torch.isfinite(loss) and m.blocks[0].mlp.fc.weight.grad is not None
+
+
+def test_layer_mixers_patterns():
+    assert layer_mixers(small_cfg(mixers="")) == ["attn"] * 4
+    assert layer_mixers(small_cfg(num_layers=8, mixers="swa_pattern", global_every=4)) == ["swa"] * 3 + ["attn"] + ["swa"] * 3 + ["attn"]
+    assert layer_mixers(small_cfg(num_layers=8, mixers="swa,attn")) == ["swa", "attn"] * 4
+    assert layer_mixers(small_cfg(mixers="attn,swa,swa,attn")) == ["attn", "swa", "swa", "attn"]
+    with pytest.raises(GolfError, match="MIXERS"):
+        layer_mixers(small_cfg(mixers="attn,swa,attn"))
+    with pytest.raises(GolfError, match="unknown mixer"):
+        GPT(small_cfg(mixers="atn"))
+
+
+def test_unet_and_ln_scale_switches_change_the_function():
+    torch.manual_seed(0)
+    idx = torch.randint(2, 64, (1, 12))
+    outs = []
+    for kw in (dict(), dict(unet_skips=False), dict(ln_scale=False)):
+        torch.manual_seed(0)
+        m = randomize(GPT(small_cfg(**kw)))
+        if not kw:
+            assert m.skip_weights.shape == (2, 32)
+        outs.append(m(idx))
+    assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[0], outs[2])
+
+
+def test_gradients_reach_every_exported_parameter():
+    torch.manual_seed(0)
+    cfg = small_cfg(num_memory_tokens=2, bigram_vocab_size=32, bigram_dim=8, smear_gate=True,
+                    persistent_memory=2, unique_layers=2, mixers="swa,attn", attn_window=4)
+    m = randomize(GPT(cfg))
+    idx = torch.randint(2, 64, (2, 16))
+    m(idx, idx).backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_bf16_autocast_forward():
+    torch.manual_seed(0)
+    m = randomize(GPT(small_cfg(num_memory_tokens=2)))
+    idx = torch.randint(2, 64, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = m(idx, idx)
+    assert torch.isfinite(loss)
+    assert abs(loss.item() - m(idx, idx).item()) < 0.1

@@ -1,0 +1,21 @@
+"""Train a golf model: `python train_gpt.py [--setting value ...]` or
+`torchrun --nproc_per_node=N train_gpt.py ...`. Settings: golf/config.py (env names work too, e.g.
+NUM_LAYERS=10 python train_gpt.py). Writes runs/<RUN_ID>/{train.log, ckpt.pt, final.pt, metrics.json}."""
+import sys
+
+from golf.utils import main_guard
+
+
+@main_guard
+def main() -> None:
+    from golf.config import load_config
+    from golf.train import train
+
+    h = load_config(sys.argv[1:])
+    summary = train(h)
+    if summary.get("status") == "interrupted":
+        raise SystemExit(143)  # stopped by a signal after writing ckpt.pt: resume with RESUME=1
+
+
+if __name__ == "__main__":
+    main()
