@@ -8,6 +8,7 @@ CORPUS ?= shakespeare
 VAL ?=
 TOKENIZER ?= sp
 VOCAB_SIZE ?= 1024
+TEXT_FIELD ?= text
 DATA_OUT ?=
 VARIANT ?= sp1024
 TRAIN_SHARDS ?= 1
@@ -42,7 +43,7 @@ install: .deps.stamp
 
 data: install
 	$(PY) -m golf.data prepare --corpus "$(CORPUS)" --val "$(VAL)" --tokenizer $(TOKENIZER) \
-	    --vocab-size $(VOCAB_SIZE) $(if $(DATA_OUT),--out "$(DATA_OUT)")
+	    --vocab-size $(VOCAB_SIZE) --text-field "$(TEXT_FIELD)" $(if $(DATA_OUT),--out "$(DATA_OUT)")
 
 data-fineweb: install
 	$(PY) -m golf.fineweb --variant $(VARIANT) --train-shards $(TRAIN_SHARDS)

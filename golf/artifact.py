@@ -8,15 +8,21 @@ Layout (all integers little-endian):
               tokenizer_sha256, config (the full run config, for provenance), commit, tensor
               manifest [{name, shape, dtype, group, encoding, bits, packing, offset, nbytes,
               scale_offset, scale_nbytes, alias_of}], payload_sha256 (of the compressed payload),
-              raw_sha256 / raw_bytes (of the decompressed payload)
+              raw_sha256 / raw_bytes (of the decompressed payload), frames [{group, raw_bytes,
+              zstd_bytes}]
     u64       payload length P
-    P bytes   zstd level-22 (ZSTD_LEVEL) compressed payload: the tensors' blobs back to back,
-              offsets in the manifest refer to the decompressed payload.
+    P bytes   the payload: one zstd level-22 (ZSTD_LEVEL) frame per quant group, back to back; the
+              frames decompress to the tensors' blobs back to back, and the manifest's offsets refer
+              to that decompressed payload.
+
+One frame per group makes the per-group byte attribution of `make check-size` exact (no second
+compression pass) and lets the groups compress in parallel; the cost is that zstd cannot match
+across groups, which trained weights almost never would.
 
 Encodings: "q" = per-row integers (golf.pack layout) + fp16 row scales; "fp16" = raw fp16; "raw" =
 the tensor's own dtype (non-float buffers); "alias" = same tensor as `alias_of` (tied embeddings
-are stored once). Blobs are ordered by kind (integers grouped by bit width, then scales, then fp16)
-so each zstd block sees one value distribution.
+are stored once). Within a group's frame, blobs are ordered by kind (integers by bit width, then
+scales, then fp16) so each zstd block sees one value distribution.
 
 The header is zstd-compressed too: the manifest and provenance config are ~20 KB of JSON that
 would otherwise count against the 16,000,000-byte cap.
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import time
 from pathlib import Path
@@ -94,12 +101,11 @@ def save_artifact(
     h: Any,
     tokenizer_sha256: str,
     packing: str = "int8",
-    breakdown: bool = True,
+    breakdown: bool = True,  # kept for callers; the per-group frames make attribution free
 ) -> dict[str, Any]:
     """Quantise `model` with the policy in golf.quant and write the artifact atomically.
 
     packing: "int8" | "bits" | "auto" (measure both per tensor with zstd, keep the smaller).
-    breakdown: also compress each quant group alone to attribute bytes (costs a second pass).
     Returns the size report: bytes, payload/header bytes, params, bits_per_param, groups, seconds."""
     if packing not in ("int8", "bits", "auto"):
         raise GolfError(f"packing={packing!r}: use int8, bits or auto")
@@ -110,27 +116,29 @@ def save_artifact(
     # 1. encode every tensor into named blobs (kind decides the payload order)
     entries: list[dict[str, Any]] = []
     blobs: list[tuple[tuple, bytes, dict, str]] = []  # (sort key, bytes, entry, field)
-    stored: dict[tuple, list[tuple[str, torch.Tensor]]] = {}
+    stored: dict[tuple, list[tuple[str, torch.Tensor, int]]] = {}
     for name, t in sd.items():
+        ptr = t.data_ptr()
         t = t.detach().cpu()
         e: dict[str, Any] = {"name": name, "shape": list(t.shape), "dtype": _dtype_name(t.dtype), "group": groups[name]}
         # tied weights (the same tensor under two names, or an equal copy in the same group) are
         # stored once; the loader points both names at it
         key = (tuple(t.shape), t.dtype, groups[name])
-        twin = next((n for n, o in stored.get(key, []) if torch.equal(o, t)), None) if t.numel() >= 1024 else None
+        twin = next((x for x in stored.get(key, []) if torch.equal(x[1], t)), None) if t.numel() >= 1024 else None
         if twin is not None:
-            e.update(encoding="alias", alias_of=twin, bits=0)
+            # tied = literally the same tensor (counted once); else an equal copy (e.g. zero init)
+            e.update(encoding="alias", alias_of=twin[0], bits=0, tied=twin[2] == ptr)
             entries.append(e)
             continue
-        stored.setdefault(key, []).append((name, t))
+        stored.setdefault(key, []).append((name, t, ptr))
         if not t.is_floating_point():
             e.update(encoding="raw", bits=t.element_size() * 8)
-            blobs.append(((3, name), _to_bytes(t), e, ""))
+            blobs.append(((groups[name], 3, name), _to_bytes(t), e, ""))
         else:
             bits = bits_for_tensor(t, groups[name], h) if groups[name] != "buffer" else FP16
             if bits >= FP16:
                 e.update(encoding="fp16", bits=16)
-                blobs.append(((2, name), _to_bytes(t.to(torch.float16)), e, ""))
+                blobs.append(((groups[name], 2, name), _to_bytes(t.to(torch.float16)), e, ""))
             else:
                 q, s = quantize_rows(t, bits)
                 qn = q.numpy()
@@ -138,21 +146,30 @@ def save_artifact(
                 if how == "auto":
                     how, _ = packing_mod.best_packing(qn, bits, level)
                 e.update(encoding="q", bits=bits, packing=how, rows=int(q.shape[0]))
-                blobs.append(((0, bits, how, name), packing_mod.pack(qn, bits, how), e, ""))
-                blobs.append(((1, name), _to_bytes(s), e, "scale_"))
+                blobs.append(((groups[name], 0, bits, how, name), packing_mod.pack(qn, bits, how), e, ""))
+                blobs.append(((groups[name], 1, name), _to_bytes(s), e, "scale_"))
         entries.append(e)
     t_quant = time.perf_counter() - t0
 
-    # 2. lay the blobs out and compress
+    # 2. lay the blobs out, one zstd frame per group (compressed in parallel: zstd releases the GIL)
     raw = io.BytesIO()
-    for _, b, e, field in sorted(blobs, key=lambda x: x[0]):
+    sections: list[tuple[str, int, int]] = []  # (group, start, end) in the raw payload
+    for key, b, e, field in sorted(blobs, key=lambda x: x[0]):
+        if not sections or sections[-1][0] != key[0]:
+            sections.append((key[0], raw.tell(), raw.tell()))
         e[field + "offset"] = raw.tell()
         e[field + "nbytes"] = len(b)
         raw.write(b)
+        sections[-1] = (key[0], sections[-1][1], raw.tell())
     raw_bytes = raw.getvalue()
     t1 = time.perf_counter()
-    payload = _zstd(level).compress(raw_bytes)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(sections), os.cpu_count() or 1))) as ex:
+        frames = list(ex.map(lambda sec: _zstd(level).compress(raw_bytes[sec[1]:sec[2]]), sections))
+    payload = b"".join(frames)
     t_compress = time.perf_counter() - t1
+    frame_info = [{"group": g, "raw_bytes": end - start, "zstd_bytes": len(f)} for (g, start, end), f in zip(sections, frames)]
 
     cfg = h.to_dict() if hasattr(h, "to_dict") else dict(h)
     model_config = h.model_config() if hasattr(h, "model_config") else dict(cfg.get("model_config", {}))
@@ -160,6 +177,7 @@ def save_artifact(
         "format_version": FORMAT_VERSION, "model_config": model_config, "tokenizer_sha256": tokenizer_sha256,
         "config": cfg, "commit": git_commit(), "zstd_level": level, "tensors": entries,
         "raw_bytes": len(raw_bytes), "raw_sha256": sha256_bytes(raw_bytes), "payload_sha256": sha256_bytes(payload),
+        "frames": frame_info,
     }
     header_z = _zstd(level).compress(json.dumps(header, separators=(",", ":"), default=str).encode())
     data = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_z)) + header_z + _PAYLEN.pack(len(payload)) + payload
@@ -167,37 +185,34 @@ def save_artifact(
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
-    report = size_report(header, raw_bytes, len(data), len(payload), len(header_z), breakdown, level)
+    report = size_report(header, len(data), len(payload), len(header_z))
     report.update(path=str(path), seconds={"quantize": round(t_quant, 3), "compress": round(t_compress, 3)})
     return report
 
 
-def size_report(
-    header: dict, raw_bytes: bytes, total: int, payload_bytes: int, header_bytes: int, breakdown: bool, level: int
-) -> dict[str, Any]:
-    """Per-group attribution: params, bit widths and (with breakdown) each group compressed alone."""
+def size_report(header: dict, total: int, payload_bytes: int, header_bytes: int) -> dict[str, Any]:
+    """Per-group attribution: params, bit widths, and the group's own zstd frame size (exact: the
+    payload is one frame per group). Tensors stored as an equal copy of another still count as
+    parameters (they are model parameters); the same tensor under two names counts once."""
     groups: dict[str, dict[str, Any]] = {}
     params = 0
     for e in header["tensors"]:
-        if e["encoding"] == "alias":
+        if e["encoding"] == "alias" and e.get("tied", True):
             continue
         n = int(np.prod(e["shape"])) if e["shape"] else 1
-        g = groups.setdefault(e["group"], {"params": 0, "tensors": 0, "bits": {}, "raw_bytes": 0, "_blobs": []})
+        g = groups.setdefault(e["group"], {"params": 0, "tensors": 0, "bits": {}, "raw_bytes": 0, "compressed_bytes": 0})
         g["params"] += n
         g["tensors"] += 1
-        g["bits"][str(e["bits"])] = g["bits"].get(str(e["bits"]), 0) + n
-        for f in ("", "scale_"):
-            if f + "offset" in e:
-                g["raw_bytes"] += e[f + "nbytes"]
-                g["_blobs"].append((e[f + "offset"], e[f + "nbytes"]))
+        bits = e["bits"] if e["encoding"] != "alias" else "alias"
+        g["bits"][str(bits)] = g["bits"].get(str(bits), 0) + n
         if e["group"] != "buffer":
             params += n
+    for f in header.get("frames", []):
+        g = groups.setdefault(f["group"], {"params": 0, "tensors": 0, "bits": {}, "raw_bytes": 0, "compressed_bytes": 0})
+        g["raw_bytes"] += f["raw_bytes"]
+        g["compressed_bytes"] += f["zstd_bytes"]
     for g in groups.values():
-        blobs = g.pop("_blobs")
-        if breakdown:
-            chunk = b"".join(raw_bytes[o:o + n] for o, n in sorted(blobs))
-            g["compressed_bytes"] = len(_zstd(level).compress(chunk))
-            g["bits_per_param"] = round(8 * g["compressed_bytes"] / max(g["params"], 1), 3)
+        g["bits_per_param"] = round(8 * g["compressed_bytes"] / max(g["params"], 1), 3)
     return {
         "bytes": total, "payload_bytes": payload_bytes, "header_bytes": header_bytes, "params": params,
         "bits_per_param": round(8 * total / max(params, 1), 4), "groups": groups,
@@ -241,8 +256,13 @@ def read_artifact(path: str | Path) -> tuple[dict[str, Any], bytes]:
     if sha256_bytes(payload) != header.get("payload_sha256"):
         raise GolfError(f"{path}: corrupt artifact (payload SHA-256 mismatch); {fix}")
     try:
-        raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=int(header["raw_bytes"]))
-    except zstandard.ZstdError as e:
+        parts, pos = [], 0
+        for f in header["frames"]:
+            frame = payload[pos:pos + f["zstd_bytes"]]
+            parts.append(zstandard.ZstdDecompressor().decompress(frame, max_output_size=f["raw_bytes"]))
+            pos += f["zstd_bytes"]
+        raw = b"".join(parts)
+    except (zstandard.ZstdError, KeyError, TypeError) as e:
         raise GolfError(f"{path}: corrupt artifact payload ({e}); {fix}") from None
     if len(raw) != header["raw_bytes"] or sha256_bytes(raw) != header["raw_sha256"]:
         raise GolfError(f"{path}: corrupt artifact (decompressed payload SHA-256 mismatch); {fix}")
@@ -388,11 +408,10 @@ def _budget(rep: dict[str, Any], code: str | Path | None) -> dict[str, Any]:
 def check_size(artifact: str | Path, code: str | Path | None = None) -> dict[str, Any]:
     """`quantize.py --check`: bytes_total = artifact + code, with the per-group breakdown."""
     artifact = Path(artifact)
-    header, raw = read_artifact(artifact)
+    header, _ = read_artifact(artifact)
     total = artifact.stat().st_size
     hlen = _PREFIX.unpack_from(artifact.read_bytes(), 0)[2]
-    rep = size_report(header, raw, total, total - hlen - _PREFIX.size - _PAYLEN.size, hlen, True,
-                      int(header.get("zstd_level", 22)))
+    rep = size_report(header, total, total - hlen - _PREFIX.size - _PAYLEN.size, hlen)
     rep["path"] = str(artifact)
     return _budget(rep, code)
 
@@ -403,7 +422,6 @@ def format_size(size: dict[str, Any]) -> str:
         bits = ",".join(sorted(e["bits"], key=int))
         lines.append(f"{g:<10} {e['params']:>12,} {bits:>10} {e.get('compressed_bytes', 0):>12,} "
                      f"{e.get('bits_per_param', 0):>10}")
-    lines.append("(each group compressed alone to attribute bytes; the artifact compresses them together)")
     lines.append(f"bytes_model: {size['bytes_model']:,} (header {size['header_bytes']:,}, payload "
                  f"{size['payload_bytes']:,}; {size['params']:,} params, {size['bits_per_param']} bits/param)")
     lines.append(f"bytes_code: {size['bytes_code']:,} ({size['code_source']})")

@@ -125,9 +125,9 @@ class Hyperparameters:
         if self.rope_dims < 0 or self.rope_dims > self.head_dim or self.rope_dims % 2:
             raise GolfError(f"ROPE_DIMS={self.rope_dims} must be even and between 0 and the head dim {self.head_dim}")
         if self.mixers:
-            n = len(self.mixer_list)
-            if n != self.num_layers:
-                raise GolfError(f"MIXERS lists {n} layers but NUM_LAYERS={self.num_layers}; give one mixer per layer")
+            from golf.model import layer_mixers  # the one place MIXERS patterns are expanded
+
+            layer_mixers(self.model_config())
         if self.eval_stride <= 0 or self.eval_stride > self.eval_seq_len:
             raise GolfError(
                 f"EVAL_STRIDE={self.eval_stride} must be between 1 and EVAL_SEQ_LEN={self.eval_seq_len}"
@@ -137,12 +137,6 @@ class Hyperparameters:
     @property
     def head_dim(self) -> int:
         return self.model_dim // self.num_heads
-
-    @property
-    def mixer_list(self) -> list[str]:
-        if not self.mixers:
-            return ["attn"] * self.num_layers
-        return [m.strip() for m in self.mixers.split(",") if m.strip()]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -279,6 +279,10 @@ def _route_chunks(stream, chunk_bytes: int):
             yield split, batch
 
 
+def _chunks_for_bench(texts: list[str], chunk_bytes: int = 1 << 20):
+    return _route_chunks((("train", t) for t in texts), chunk_bytes)
+
+
 def write_data_folder(out: str | os.PathLike, tokenizer, splits, name: str,
                       shard_tokens: int = DEFAULT_SHARD_TOKENS, workers: int = 1,
                       manifest_extra: dict | None = None, chunk_bytes: int = 1 << 20) -> dict:

@@ -247,6 +247,7 @@ def evaluate_bpb_reference(
     device = torch.device(device)
     stream = _as_long_tensor(tokens)
     check_window_args(stream.numel(), seq_len, stride)
+    luts = luts.to(device) if hasattr(luts, "to") else luts
     was_training = model.training
     model.eval()
     num_targets = stream.numel() - 1

@@ -70,6 +70,9 @@ def test_manifest_bits_follow_policy_and_mtp_is_dropped(saved):
     g = report["groups"]
     assert {"mlp", "attn", "embed", "control"} <= set(g)
     assert g["mlp"]["bits"] == {"5": g["mlp"]["params"]} and g["mlp"]["compressed_bytes"] > 0
+    # one zstd frame per group: the attribution is exact
+    assert sum(e["compressed_bytes"] for e in g.values()) == report["payload_bytes"]
+    assert report["bytes"] == report["payload_bytes"] + report["header_bytes"] + 8 + 2 + 4 + 8
     assert report["params"] == sum(p.numel() for n, p in model.named_parameters() if not n.startswith("mtp"))
 
 
@@ -136,6 +139,19 @@ def test_tied_weights_stored_once(tmp_path):
     assert enc == {"emb.weight": "q", "head.weight": "alias"}
     loaded, _ = load_artifact(tmp_path / "t.ptz", build_model=lambda cfg: Tied())
     assert torch.equal(loaded.head.weight, loaded.emb.weight)
+
+    class Copies(nn.Module):  # two distinct parameters with equal values (e.g. zero-initialised)
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Parameter(torch.zeros(64, 64))
+            self.b = nn.Parameter(torch.zeros(64, 64))
+
+    rep = save_artifact(tmp_path / "c.ptz", Copies(), h, TOK_SHA)
+    header, _ = read_artifact(tmp_path / "c.ptz")
+    assert [(e["encoding"], e.get("tied")) for e in header["tensors"]] == [("q", None), ("alias", False)]
+    assert rep["params"] == 2 * 64 * 64  # both are real parameters
+    loaded, _ = load_artifact(tmp_path / "c.ptz", build_model=lambda cfg: Copies())
+    assert loaded.a.data_ptr() != loaded.b.data_ptr()
 
 
 def test_mismatched_model_is_a_clear_error(tmp_path, saved):

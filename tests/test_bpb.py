@@ -97,3 +97,12 @@ def test_bits_per_byte():
     assert math.isclose(bits_per_byte(100 * math.log(2), 100, 200), 0.5)
     with pytest.raises(ValueError):
         bits_per_byte(1.0, 1, 0)
+
+
+def test_audit_file_cli_helper(sp_data_dir, shared_data, capsys):
+    from golf.bpb import audit_file
+    from golf.data import tokenizer_path
+
+    r = audit_file(tokenizer_path(sp_data_dir), shared_data / "fineweb_val.jsonl.zst", max_docs=20)
+    assert r["ok"] and r["docs"] == 20
+    assert "EXACT" in capsys.readouterr().out

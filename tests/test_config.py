@@ -49,7 +49,7 @@ def test_derived_values_and_consistency_checks():
         load_config([], {"MODEL_DIM": "100", "NUM_HEADS": "3"})
     with pytest.raises(GolfError, match="EVAL_STRIDE"):
         load_config([], {"TRAIN_SEQ_LEN": "64", "EVAL_STRIDE": "128"})
-    with pytest.raises(GolfError, match="MIXERS lists 2 layers"):
+    with pytest.raises(GolfError, match="MIXERS lists 2 layers but NUM_LAYERS=3"):
         load_config([], {"NUM_LAYERS": "3", "MIXERS": "attn,attn"})
 
 

@@ -299,27 +299,54 @@ def test_ablate_cli_end_to_end_with_fake_stages(ws, monkeypatch):
     assert rec["seeds"] == [1, 2]  # SEEDS=2 on an ablation is a count
 
 
+def _head_jsonl(src, dst, n):
+    """First n documents of a .jsonl.zst as plain .jsonl (a tiny corpus for the end-to-end test)."""
+    import io
+
+    import zstandard
+
+    with open(src, "rb") as f, open(dst, "w", encoding="utf-8") as out:
+        reader = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(f), encoding="utf-8", newline="\n")
+        for i, line in enumerate(reader):
+            if i >= n:
+                break
+            out.write(line if line.endswith("\n") else line + "\n")
+
+
 @pytest.mark.slow
 def test_end_to_end_real_stages(tmp_path, monkeypatch):
-    """The real stages on a tiny data folder (a few iterations). Skipped until they all exist."""
+    """The real stages (data prep, train_gpt.py, quantize.py, eval_bpb.py) on a tiny byte-level data
+    folder with a few iterations, then verify of the record against its own artifact."""
     for f in ("train_gpt.py", "quantize.py", "eval_bpb.py"):
         if not (REPO / f).is_file():
             pytest.skip(f"{f} does not exist yet")
-    shared = REPO.parent / "shared" / "data" / "wiki_val.jsonl.zst"
-    if not shared.is_file():
+    shared = REPO.parent / "shared" / "data"
+    if not (shared / "wiki_val.jsonl.zst").is_file():
         pytest.skip("../shared/data is not available")
+    _head_jsonl(shared / "wiki_val.jsonl.zst", tmp_path / "train.jsonl", 12)
+    _head_jsonl(shared / "fineweb_val.jsonl.zst", tmp_path / "val.jsonl", 2)
     data = tmp_path / "data"
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-m", "golf.data", "prepare", "--corpus", str(shared), "--tokenizer", "byte",
-                        "--out", str(data)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "golf.data", "prepare", "--corpus", str(tmp_path / "train.jsonl"),
+                        "--val", str(tmp_path / "val.jsonl"), "--tokenizer", "byte", "--out", str(data), "--workers", "1"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+    vocab = json.loads((data / "manifest.json").read_text())["tokenizer"]["vocab_size"]
     monkeypatch.chdir(tmp_path)
-    settings = {"data_path": str(data), "iterations": 6, "max_wallclock_seconds": 0.0, "num_layers": 1,
-                "model_dim": 32, "num_heads": 2, "num_kv_heads": 1, "rope_dims": 0, "vocab_size": 260,
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    settings = {"data_path": str(data), "vocab_size": vocab, "iterations": 3, "max_wallclock_seconds": 0.0,
+                "num_layers": 1, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1, "rope_dims": 0,
                 "train_seq_len": 64, "train_batch_tokens": 512, "num_memory_tokens": 2, "bigram_vocab_size": 64,
-                "bigram_dim": 8, "val_max_tokens": 4096, "eval_stride": 32, "compile_warmup_steps": 0}
-    dest = P.submit(name="e2e", preset="tiny", settings=settings, records_dir="records")
+                "bigram_dim": 8, "val_max_tokens": 2048, "eval_stride": 32, "compile_warmup_steps": 0}
+    stages = P.Stages()
+    stages.echo = False
+    dest = P.submit(name="e2e", preset="tiny", settings=settings, records_dir="records", stages=stages, use_cache=False)
     sub, problems = R.validate_record(dest)
     assert problems == [], problems
-    assert 0 < sub["val_bpb"] < 20
-    assert P.verify(dest, artifact=next((tmp_path / "runs").glob("e2e_*")) / "model.ptz")
+    r0 = sub["seed_results"][0]
+    assert 0 < sub["val_bpb"] < 20 and r0["steps"] == 3
+    assert r0["val_bpb_roundtrip_nonsliding"] is not None
+    assert sub["config"]["model_dim"] == 32 and sub["config"]["vocab_size"] == vocab
+    art = next((tmp_path / "runs").glob("e2e_*")) / "model.ptz"
+    assert P.verify(dest, artifact=art, stages=stages)

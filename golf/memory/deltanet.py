@@ -16,7 +16,8 @@ system (I + A) U = beta*V - beta*Gamma*K S0 with A[t,s] = beta_t (Gamma_t/Gamma_
 solved with one batched triangular solve; chunks are joined by a loop over T / chunk carrying S.
 Decay ratios Gamma_t/Gamma_s are exp(G_t - G_s) for s <= t only (never a division), with G summed in
 float64. `forward_recurrent` (via `step`) is the reference; tests/memory/test_deltanet.py checks
-they agree. fla's Triton kernel is used instead when `fla` is importable and x is on CUDA.
+they agree. fla's Triton kernel is used instead when `fla` is importable, x is on CUDA, and it
+reproduced the plain-torch path once (checked on the first batch).
 
 Documents: no reset at BOS (memory-token prefixes must stay visible; the decay gate can forget).
 """
@@ -69,17 +70,20 @@ def chunk_gated_delta(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, 
     qg = q * gam
 
     S = state if state is not None else q.new_zeros(B, H, dk, dv)
+    k_end = (k * gam_end).transpose(-1, -2)  # [B, H, n, dk, C]: k_s * Gamma_C / Gamma_s
+    # unbind (not x[:, :, i]): the backward of n unbinds is one stack, of n slices n full-size buffers
+    per_chunk = zip(*(t.unbind(2) for t in (w, kc, qg, qk, k_end, gam[..., -1:, :])))
     outs = []
-    for i in range(n):
-        u = w[:, :, i] - kc[:, :, i] @ S
-        outs.append(qg[:, :, i] @ S + qk[:, :, i] @ u)
-        S = gam[:, :, i, -1:, :] * S + (k[:, :, i] * gam_end[:, :, i]).transpose(-1, -2) @ u
+    for w_i, kc_i, qg_i, qk_i, kend_i, gl_i in per_chunk:
+        u = w_i - kc_i @ S
+        outs.append(qg_i @ S + qk_i @ u)
+        S = gl_i * S + kend_i @ u
     o = torch.stack(outs, dim=2).reshape(B, H, n * C, dv)[:, :, :T]
     return o, S
 
 
 def _fla_chunk(q, k, v, g, beta):  # pragma: no cover - needs CUDA + fla
-    """fla's Triton kernel (github.com/fla-org/flash-linear-attention), when installed."""
+    """fla's Triton kernel (github.com/fla-org/flash-linear-attention), [B, T, H, d] layout."""
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
     o, _ = chunk_gated_delta_rule(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), g.transpose(1, 2),
@@ -87,12 +91,30 @@ def _fla_chunk(q, k, v, g, beta):  # pragma: no cover - needs CUDA + fla
     return o.transpose(1, 2)
 
 
-def _have_fla() -> bool:
-    try:
-        import fla.ops.gated_delta_rule  # noqa: F401
-    except Exception:
-        return False
-    return True
+_FLA_OK: bool | None = None  # None = not checked yet
+
+
+def _fla_usable(q, k, v, g, beta, chunk) -> bool:  # pragma: no cover - needs CUDA + fla
+    """fla is used only after it reproduced the plain-torch path once on a real batch: its API has
+    changed between releases, and a silent layout mismatch would train a different model."""
+    global _FLA_OK
+    if _FLA_OK is None:
+        try:
+            import fla.ops.gated_delta_rule  # noqa: F401
+
+            with torch.no_grad():
+                sl = slice(0, min(256, q.shape[2]))
+                args = [t[:1, :, sl] for t in (q, k, v, g, beta)]
+                ref, _ = chunk_gated_delta(*args, chunk)
+                got = _fla_chunk(*args).float()
+                _FLA_OK = bool((got - ref).abs().max() <= 2e-2 * ref.abs().max() + 1e-3)
+            if not _FLA_OK:
+                import warnings
+
+                warnings.warn("deltanet: fla's chunk_gated_delta_rule disagrees with the reference; not using it")
+        except Exception:
+            _FLA_OK = False
+    return _FLA_OK
 
 
 @register
@@ -159,10 +181,11 @@ class GatedDeltaNet(SequenceMixer):
         q, k, v, g, beta = self._heads(qkv, self.ba_proj(x))
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, hd]
         g, beta = g.transpose(1, 2), beta.transpose(1, 2)
-        if self.use_fla and x.is_cuda and not need_state and _have_fla():  # pragma: no cover
-            o, S = _fla_chunk(q, k, v, g, beta), None
+        if self.use_fla and x.is_cuda and not need_state and _fla_usable(q, k, v, g, beta, self.chunk):
+            o, S = _fla_chunk(q, k, v, g, beta).float(), None  # pragma: no cover
         else:
-            o, S = chunk_gated_delta(q, k, v, g, beta, self.chunk)
+            with torch.autocast(x.device.type, enabled=False):  # the state accumulates: keep it fp32
+                o, S = chunk_gated_delta(q, k, v, g, beta, self.chunk)
         return self._out(o.transpose(1, 2), x), (pre[..., pre.shape[-1] - (CONV_SIZE - 1):], S)
 
     # --- recurrent form ------------------------------------------------------------------------

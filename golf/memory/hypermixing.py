@@ -72,7 +72,8 @@ class HyperMixing(SequenceMixer):
     def forward_with_state(self, x: Tensor, ctx: MixerContext | None = None):
         """The fast path, also returning the running sum and count (generation prefill)."""
         w1, w2, v = self._project(x)
-        total = torch.einsum("bthm,bthd->bthmd", w1, v).cumsum(dim=1)
+        with torch.autocast(x.device.type, enabled=False):  # a bf16 running sum would lose tokens
+            total = torch.einsum("bthm,bthd->bthmd", w1, v).cumsum(dim=1)
         count = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=total.dtype)
         pooled = total / count[None, :, None, None, None]  # causal mean over i <= t
         return self._mix(w2, pooled, x), (total[:, -1], x.shape[1])

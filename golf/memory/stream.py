@@ -60,8 +60,9 @@ def stream_scan(log_a: Tensor, r: Tensor, u: Tensor, chunk: int, state: Tensor |
     carry_decay = cum.exp().to(u.dtype)  # [B, n, C, M]: prod of a from the chunk start to t
     s = state if state is not None else u.new_zeros(B, M, E)
     outs = []
-    for i in range(n):  # join chunks: n = T / chunk short steps
-        outs.append(intra[:, i] + carry_decay[:, i, :, :, None] * s[:, None])
+    # join chunks: n = T / chunk short steps (unbind: its backward is one stack, not n full buffers)
+    for intra_i, decay_i in zip(intra.unbind(1), carry_decay.unbind(1)):
+        outs.append(intra_i + decay_i[..., None] * s[:, None])
         s = outs[-1][:, -1]
     states = torch.stack(outs, dim=1).reshape(B, n * C, M, E)[:, :T]
     return states, s
@@ -133,7 +134,8 @@ class StreamMixer(SequenceMixer):
     def forward_with_state(self, x: Tensor, ctx: MixerContext | None = None) -> tuple[Tensor, Tensor]:
         """The fast path, also returning the state after the last position (generation prefill)."""
         q, g, u, log_a, r = self._project(x)
-        states, last = stream_scan(log_a, r, u.float(), self.chunk)
+        with torch.autocast(x.device.type, enabled=False):  # the scan accumulates: keep it fp32
+            states, last = stream_scan(log_a, r, u.float(), self.chunk)
         return self._read(q, g, states), last
 
     # --- recurrent form ------------------------------------------------------------------------

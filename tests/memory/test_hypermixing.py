@@ -109,3 +109,13 @@ def test_prefill_state_then_step_continues_the_sequence():
     for t in range(13, 21):
         y_t, state = m.step(x[:, t], state)
         torch.testing.assert_close(y_t, y[:, t], rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_runs_and_stays_close():
+    m = make()
+    x = torch.randn(1, 20, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x, MixerContext())
+    y32 = m(x, MixerContext())
+    assert torch.isfinite(y.float()).all()
+    assert (y.float() - y32).abs().max() < 0.05 * y32.abs().max()
