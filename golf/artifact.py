@@ -124,7 +124,9 @@ def save_artifact(
         # tied weights (the same tensor under two names, or an equal copy in the same group) are
         # stored once; the loader points both names at it
         key = (tuple(t.shape), t.dtype, groups[name])
-        twin = next((x for x in stored.get(key, []) if torch.equal(x[1], t)), None) if t.numel() >= 1024 else None
+        head = t.reshape(-1)[:256]  # cheap pre-check before a full comparison
+        twin = next((x for x in stored.get(key, []) if torch.equal(x[1].reshape(-1)[:256], head)
+                     and torch.equal(x[1], t)), None) if t.numel() >= 1024 else None
         if twin is not None:
             # tied = literally the same tensor (counted once); else an equal copy (e.g. zero init)
             e.update(encoding="alias", alias_of=twin[0], bits=0, tied=twin[2] == ptr)

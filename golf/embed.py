@@ -35,7 +35,9 @@ class BigramHash(nn.Module):
         self.buckets = buckets
         self.table = nn.Embedding(buckets, dim)
         nn.init.zeros_(self.table.weight)
-        tag(self.table.weight, quant="embed", optim="embed")
+        # Stored at QUANT_OTHER_BITS (int6), not the token embedding's int8: the hashed table is
+        # 1.3M params in the record and int8 would cost ~0.3 MB more for little BPB.
+        tag(self.table.weight, quant="other", optim="embed")
         self.proj = CastedLinear(dim, model_dim) if dim != model_dim else None
         if self.proj is not None:
             nn.init.zeros_(self.proj.weight)

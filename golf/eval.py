@@ -27,7 +27,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from golf.utils import GolfError
@@ -441,4 +440,5 @@ def evaluate_artifact(
         artifact_commit=meta.get("commit"), data_path=str(data_path),
         tokenizer_sha256=manifest["tokenizer"].get("sha256"), max_tokens=max_tokens,
         world_size=world_size, compiled=bool(compile), eval_device=str(dev),
+        contexts_skipped=[c for c in ctx_list if c not in ctx_res],  # longer than the val stream
     )

@@ -41,6 +41,20 @@ def zeropower_via_newtonschulz5(G: Tensor, steps: int = 5, eps: float = 1e-7) ->
     return X.to(G.dtype)
 
 
+_COMPILED_NS = None
+
+
+def _newton_schulz(cuda: bool):
+    """On CUDA the NS loop is ~20 small kernels per matrix: compiled into a few (as modded-nanogpt
+    and parameter-golf do). Eager on CPU, where compiling costs more than it saves."""
+    global _COMPILED_NS
+    if not cuda:
+        return zeropower_via_newtonschulz5
+    if _COMPILED_NS is None:
+        _COMPILED_NS = torch.compile(zeropower_via_newtonschulz5)
+    return _COMPILED_NS
+
+
 class Muon(torch.optim.Optimizer):
     """MomentUm Orthogonalized by Newton-Schulz (Keller Jordan, 2024; modded-nanogpt).
 
@@ -73,7 +87,7 @@ class Muon(torch.optim.Optimizer):
                 buf.mul_(mom).add_(g)
                 g = g.add(buf, alpha=mom) if group["nesterov"] else buf
                 g2 = g.reshape(g.shape[0], -1)
-                update = zeropower_via_newtonschulz5(g2, steps=group["backend_steps"])
+                update = _newton_schulz(g2.is_cuda)(g2, steps=group["backend_steps"])
                 update = update * max(1.0, g2.size(0) / g2.size(1)) ** 0.5
                 if wd:
                     p.mul_(1.0 - lr * wd)

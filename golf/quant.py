@@ -11,6 +11,7 @@ scale reproduces exactly what the search scored, and `fake_quantize` (QAT) sees 
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Mapping
 
@@ -240,6 +241,7 @@ def estimate_artifact_bytes(model: torch.nn.Module, h_or_cfg: Any, code_bytes: i
     }
 
 
+@functools.lru_cache(maxsize=1)  # building the bundle costs ~2 s of lzma; once per process is enough
 def _code_bytes() -> int:
     """Bytes of the submitted train_gpt.py: this very file when running from a bundle, else the
     bundle golf.bundle would build now; a typical figure if neither can be measured."""

@@ -78,6 +78,8 @@ def setup_distributed(h) -> Dist:
     device = torch.device(f"cuda:{local}") if want == "cuda" else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers outside autocast (the baseline does too)
+        torch.backends.cudnn.allow_tf32 = True
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
                                 **({"device_id": device} if device.type == "cuda" else {}))
@@ -487,7 +489,7 @@ def _train(h, d: Dist, t_start: float) -> dict[str, Any]:
                 raise GolfError(f"train loss is {last_loss} at step {step}: the run diverged and was stopped. "
                                 f"Last good checkpoint: {where}. Lower MATRIX_LR/EMBED_LR/SCALAR_LR or "
                                 f"GRAD_CLIP_NORM, or resume from that checkpoint with RESUME=1 RUN_ID={h.run_id}")
-            if step % h.log_every == 0 or step == 1 or not budget_left():
+            if (h.log_every > 0 and step % h.log_every == 0) or step == 1 or not budget_left():
                 ms = 1000 * interval_t / max(interval_steps, 1)
                 row = dict(step=step, train_loss=last_loss, lr_scale=sched.lr_scale, ms_step=ms,
                            tok_s=h.train_batch_tokens / (ms / 1000) if ms > 0 else 0.0, elapsed_s=elapsed,

@@ -16,7 +16,7 @@ from golf.data import write_shard
 from golf.eval import evaluate_bpb
 from golf.eval_report import build_report, plot_bpb_vs_position, summary
 from golf.tokenizer import ByteTokenizer
-from golf.utils import GolfError, atomic_write_json
+from golf.utils import atomic_write_json
 
 torch.set_num_threads(1)
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

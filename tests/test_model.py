@@ -101,7 +101,7 @@ def test_every_parameter_is_tagged_sensibly():
     assert groups["blocks.0.mixer.q_gain"] == ("control", "scalar")
     assert groups["mechanisms.memory_tokens.tokens"] == ("control", "memory")  # no weight decay
     assert groups["mechanisms.persistent_memory.keys"] == ("control", "memory")
-    assert groups["bigram.table.weight"] == ("embed", "embed")
+    assert groups["bigram.table.weight"] == ("other", "embed")
     assert groups["smear.gate"] == ("control", "scalar")
 
 

@@ -57,7 +57,8 @@ def bench_preset(preset: str = "record") -> dict[str, Any]:
     return out
 
 
-def bench_checkpoint(checkpoint: str, data_path: str, max_tokens: int, device: str) -> dict[str, Any]:
+def bench_checkpoint(checkpoint: str, data_path: str, max_tokens: int, device: str,
+                     overrides: dict[str, str] | None = None) -> dict[str, Any]:
     from golf.artifact import load_artifact, load_checkpoint, model_from_checkpoint, save_artifact
     from golf.bpb import build_luts
     from golf.data import load_data_tokenizer, load_split
@@ -65,13 +66,17 @@ def bench_checkpoint(checkpoint: str, data_path: str, max_tokens: int, device: s
 
     ck = load_checkpoint(checkpoint)
     model, h = model_from_checkpoint(ck, checkpoint)
+    if overrides:  # quantisation settings to try on this checkpoint, e.g. QUANT_MIN_NUMEL=4096
+        from golf.config import apply_overrides
+
+        apply_overrides(h, overrides, "--set")
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "m.ptz"
         rep = save_artifact(path, model, h, str(ck.get("tokenizer_sha256", "")))
         t0 = time.perf_counter()
         rt, _ = load_artifact(path, device=device)
         rep["seconds"]["decompress_and_load"] = round(time.perf_counter() - t0, 3)
-    out = {"checkpoint": checkpoint, "bytes": rep["bytes"], "params": rep["params"],
+    out = {"checkpoint": checkpoint, "overrides": overrides or {}, "bytes": rep["bytes"], "params": rep["params"],
            "bits_per_param": rep["bits_per_param"], "seconds": rep["seconds"], "groups": rep["groups"]}
     if data_path:
         tok = load_data_tokenizer(data_path)
@@ -92,13 +97,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-tokens", type=int, default=0)
     ap.add_argument("--preset", default="record")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="override a quantisation setting for this run (repeatable), e.g. QUANT_MLP_BITS=4")
     ap.add_argument("--out", default="bench/quant.json")
     a = ap.parse_args(argv)
     from golf.utils import atomic_write_json, device_description, git_commit
 
     res: dict[str, Any] = {"commit": git_commit(), "device": device_description(), "public_record": PUBLIC_RECORD}
     if a.checkpoint:
-        res["checkpoint"] = bench_checkpoint(a.checkpoint, a.data_path, a.max_tokens, a.device)
+        sets = dict(kv.split("=", 1) for kv in a.set)
+        res["checkpoint"] = bench_checkpoint(a.checkpoint, a.data_path, a.max_tokens, a.device, sets)
     else:
         res["preset"] = bench_preset(a.preset)
         res["note"] = ("size figures only: no checkpoint given. A random init compresses differently from "
