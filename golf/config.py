@@ -118,6 +118,8 @@ class Hyperparameters:
             self.run_id = f"{self.preset}_{now_stamp()}_s{self.seed}"
         if self.eval_seq_len <= 0:
             self.eval_seq_len = self.train_seq_len
+            # a derived eval length takes the stride with it (tiny preset with --train-seq-len 64)
+            self.eval_stride = min(self.eval_stride, self.eval_seq_len)
         if self.model_dim % self.num_heads:
             raise GolfError(f"MODEL_DIM={self.model_dim} is not divisible by NUM_HEADS={self.num_heads}")
         if self.num_heads % self.num_kv_heads:
@@ -166,9 +168,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         num_layers=4, model_dim=128, num_heads=4, num_kv_heads=2, mlp_mult=3.0, rope_dims=16,
         num_memory_tokens=8, bigram_vocab_size=2048, bigram_dim=32, smear_gate=True,
-        train_seq_len=256, train_batch_tokens=8192, max_wallclock_seconds=90.0, compile_warmup_steps=2,
+        train_seq_len=256, train_batch_tokens=4096, max_wallclock_seconds=90.0, compile_warmup_steps=2,
         warmdown_frac=0.4, matrix_lr=0.03, scalar_lr=0.03, embed_lr=0.05, log_every=10,
         val_max_tokens=65536, eval_stride=128, eval_batch_windows=16, val_batch_tokens=16384,
+        quant_min_numel=4096,  # tiny matrices are < 65k elements: quantise them anyway so QAT/export are exercised
     ),
     # The challenge's naive baseline: 9x512, GQA 8/4, MLP 2x, seq 1024, 524k tokens/step.
     "baseline": dict(

@@ -452,6 +452,7 @@ def submit(
     dest = R.record_dir(Path(records_dir), track, date, name)
 
     ensure_data(base, stages, Path(base.out_dir) / f"prepare_{stamp}.log")
+    commit = git_commit()  # taken before training: the code that ran, even if the tree changes meanwhile
     runs = []
     for s in seed_list:
         h = resolve_config(preset, settings, s, f"{name}_{stamp}_s{s}")
@@ -475,7 +476,7 @@ def submit(
         "seed_results": results,
         "val_bpb_std": stats.std(bpbs),
         "val_loss_std": stats.std([r["val_loss"] for r in results]),
-        "commit": git_commit(),
+        "commit": commit,
         "config": runs[0].config,
         "hardware": hardware,
         "nproc": int(os.environ.get("NPROC", "1") or 1),
@@ -545,6 +546,7 @@ def ablate(
     dest = R.record_dir(Path(records_dir), R.ABLATIONS_TRACK, date, name)
     ensure_data(cfg_a, stages, Path(cfg_a.out_dir) / f"prepare_{stamp}.log")
 
+    commit = git_commit()  # before training (see submit)
     runs: dict[str, list[SeedRun]] = {"A": [], "B": []}
     for s in seed_list:
         # Interleave the arms seed by seed so slow drift of the machine hits both arms alike.
@@ -575,7 +577,7 @@ def ablate(
         "per_seed": per_seed, "comparison": cmp,
         "bars": {"challenge": f">= {stats.CHALLENGE_MIN_NATS} nats better at one-sided paired p < {stats.CHALLENGE_P}",
                  "practice": f"one-sided Welch p < {stats.PRACTICE_P} (B better than A)"},
-        "commit": git_commit(), "hardware": device_description(),
+        "commit": commit, "hardware": device_description(),
         "data": {"path": cfg_a.data_path, "manifest_sha256": manifest_hash(cfg_a)},
     }
     with atomic_dir(dest) as tmp:

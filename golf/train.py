@@ -201,24 +201,24 @@ def train_step(fwd: nn.Module, optimizers, params, batches: Iterator, accum: int
 
 
 @torch.no_grad()
-def evaluate_val(model: nn.Module, val: torch.Tensor, luts, seq_len: int, batch_seqs: int, d: Dist,
+def evaluate_val(model: nn.Module, val: np.ndarray, luts, seq_len: int, batch_seqs: int, d: Dist,
                  amp) -> tuple[float, float]:
     """Training-time val: non-overlapping windows over the val prefix, tokenizer-agnostic BPB
     (golf.bpb). Windows are split across ranks, sums all-reduced. Returns (val_loss, val_bpb)."""
     from golf.bpb import bits_per_byte, token_bytes
 
-    n_windows = (val.numel() - 1) // seq_len
+    n_windows = (len(val) - 1) // seq_len
     if n_windows < 1:
-        raise GolfError(f"the val split has {val.numel()} tokens, fewer than one TRAIN_SEQ_LEN={seq_len} window; "
+        raise GolfError(f"the val split has {len(val)} tokens, fewer than one TRAIN_SEQ_LEN={seq_len} window; "
                         "use more val data or a shorter TRAIN_SEQ_LEN")
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=d.device)  # loss nats, tokens, bytes
     mine = list(range(d.rank, n_windows, d.world_size))
     for i in range(0, len(mine), batch_seqs):
-        idx = torch.tensor(mine[i:i + batch_seqs])
-        offs = (idx * seq_len)[:, None] + torch.arange(seq_len + 1)[None]
-        chunk = val[offs].to(d.device, non_blocking=True)
+        idx = np.asarray(mine[i:i + batch_seqs], dtype=np.int64)
+        offs = (idx * seq_len)[:, None] + np.arange(seq_len + 1)[None]
+        chunk = torch.from_numpy(val[offs].astype(np.int64)).to(d.device, non_blocking=True)
         x, y = chunk[:, :-1], chunk[:, 1:]
         with amp():
             ce = model(x, y, reduction="none").float()
@@ -334,12 +334,12 @@ def _train(h, d: Dist, t_start: float) -> dict[str, Any]:
         raise GolfError(f"tokenizer {h.tokenizer_path or h.data_path} has {tokenizer.vocab_size} tokens but "
                         f"VOCAB_SIZE={h.vocab_size}; set VOCAB_SIZE={tokenizer.vocab_size}")
     luts = build_luts(tokenizer, d.device)
-    val = torch.from_numpy(load_split(h.data_path, "val", h.vocab_size, max_tokens=h.val_max_tokens).astype(np.int64))
+    val = load_split(h.data_path, "val", h.vocab_size, max_tokens=h.val_max_tokens)  # uint16, memory-mapped
     micro_seqs, accum = batch_layout(h, d.world_size, d.device.type)
     loader = TokenLoader.from_data_path(h.data_path, h.vocab_size, seq_len=h.train_seq_len,
                                         local_batch_seqs=micro_seqs, rank=d.rank, world_size=d.world_size,
                                         seed=h.seed)
-    log.kv(train_tokens=loader.total, val_tokens=val.numel(), micro_batch_seqs=micro_seqs, grad_accum_steps=accum,
+    log.kv(train_tokens=loader.total, val_tokens=len(val), micro_batch_seqs=micro_seqs, grad_accum_steps=accum,
            tokens_per_step=h.train_batch_tokens)
 
     # --- model, pre-flight, optimizers ---------------------------------------------------------
@@ -542,7 +542,7 @@ def _train(h, d: Dist, t_start: float) -> dict[str, Any]:
         "ms_per_step": 1000 * train_seconds / max(step, 1),
         "tokens_per_s": h.train_batch_tokens * step / train_seconds if train_seconds > 0 else 0.0,
         "train_loss": train_rows[-1]["train_loss"] if train_rows else None,
-        "val_loss": val_loss, "val_bpb": val_bpb, **extra, "val_seconds": val_seconds, "val_tokens": int(val.numel()),
+        "val_loss": val_loss, "val_bpb": val_bpb, **extra, "val_seconds": val_seconds, "val_tokens": len(val),
         "params": n_params, "preflight_bytes": int(est["total"]), "peak_mem_mb": peak_mb,
         "device": device_description(), "world_size": d.world_size, "ranks_in_sync": in_sync, "commit": git_commit(),
         "wall_seconds": time.time() - t_start,

@@ -47,8 +47,9 @@ def test_derived_values_and_consistency_checks():
     assert h.eval_seq_len == 128 and h.run_id.startswith("tiny_") and h.run_id.endswith("_s1337")
     with pytest.raises(GolfError, match="NUM_HEADS"):
         load_config([], {"MODEL_DIM": "100", "NUM_HEADS": "3"})
+    assert load_config([], {"TRAIN_SEQ_LEN": "64"}).eval_stride == 64  # derived length clamps the stride
     with pytest.raises(GolfError, match="EVAL_STRIDE"):
-        load_config([], {"TRAIN_SEQ_LEN": "64", "EVAL_STRIDE": "128"})
+        load_config([], {"TRAIN_SEQ_LEN": "64", "EVAL_SEQ_LEN": "64", "EVAL_STRIDE": "128"})
     with pytest.raises(GolfError, match="MIXERS lists 2 layers but NUM_LAYERS=3"):
         load_config([], {"NUM_LAYERS": "3", "MIXERS": "attn,attn"})
 
