@@ -25,8 +25,9 @@ def doc_reset(idx: Tensor) -> Tensor:
 class BigramHash(nn.Module):
     """Hash (idx[t-1], idx[t]) into a table of `buckets` rows of width `dim`, project to the model
     width. The last bucket is reserved for positions with no in-document predecessor, so a key never
-    mixes two documents. Table and projection start at zero (a fresh model ignores it), scaled by a
-    learned scalar as in the records."""
+    mixes two documents. The projection starts at zero (a fresh model ignores the table) but the
+    table does not: with both at zero neither would ever receive a gradient. Scaled by a learned
+    scalar as in the records."""
 
     def __init__(self, buckets: int, dim: int, model_dim: int):
         super().__init__()
@@ -34,7 +35,10 @@ class BigramHash(nn.Module):
             raise ValueError(f"BIGRAM_VOCAB_SIZE={buckets}: need at least 2 buckets (or 0 to switch it off)")
         self.buckets = buckets
         self.table = nn.Embedding(buckets, dim)
-        nn.init.zeros_(self.table.weight)
+        if dim != model_dim:
+            nn.init.normal_(self.table.weight, std=0.02)
+        else:
+            nn.init.zeros_(self.table.weight)
         # Stored at QUANT_OTHER_BITS (int6), not the token embedding's int8: the hashed table is
         # 1.3M params in the record and int8 would cost ~0.3 MB more for little BPB.
         tag(self.table.weight, quant="other", optim="embed")

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from golf.embed import BigramHash, SmearGate, doc_reset
@@ -48,6 +49,16 @@ def test_bigram_sees_no_future_and_nothing_across_bos():
 def test_bigram_starts_at_zero():
     b = BigramHash(32, 8, 16)
     assert torch.count_nonzero(b(torch.randint(0, 50, (2, 7)))) == 0
+
+
+@pytest.mark.parametrize("dim,model_dim", [(8, 16), (16, 16)])
+def test_bigram_receives_gradient_from_the_start(dim, model_dim):
+    # a zero table behind a zero projection would never learn (both gradients are zero)
+    b = BigramHash(32, dim, model_dim)
+    probe = torch.randn(2, 7, model_dim)
+    (b(torch.randint(0, 50, (2, 7))) * probe).sum().backward()
+    learnable = b.proj.weight if b.proj is not None else b.table.weight
+    assert torch.count_nonzero(learnable.grad) > 0
 
 
 def test_smear_gate_blends_previous_position_and_resets_at_bos():

@@ -181,3 +181,23 @@ def test_bf16_autocast_forward():
         loss = m(idx, idx)
     assert torch.isfinite(loss)
     assert abs(loss.item() - m(idx, idx).item()) < 0.1
+
+
+@pytest.mark.parametrize("mixers", ["swa,attn", "stream,deltanet", "hypermix,attn"])
+def test_every_parameter_learns_from_the_real_init(mixers):
+    # zero-initialised pairs (e.g. a zero table behind a zero projection) get no gradient ever;
+    # `randomize` above would hide that, so start from GPT's own init and take a few Adam steps.
+    torch.manual_seed(0)
+    cfg = small_cfg(num_memory_tokens=2, bigram_vocab_size=32, bigram_dim=8, smear_gate=True,
+                    persistent_memory=2 if "attn" in mixers else 0,  # it lives in attention layers
+                    unique_layers=2, mixers=mixers, attn_window=4)
+    m = GPT(cfg)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    for _ in range(3):
+        idx = torch.randint(2, 64, (2, 16))
+        opt.zero_grad()
+        m(idx, idx).backward()
+        opt.step()
+    frozen = [n for n, p in m.named_parameters() if torch.equal(p.detach(), before[n])]
+    assert frozen == []
