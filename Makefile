@@ -21,6 +21,7 @@ RECORD ?=
 ARTIFACT ?=
 A ?=
 B ?=
+PROMPT ?=
 
 .PHONY: help install data data-fineweb train train-and-submit quantize eval ablate leaderboard verify \
         bundle check-size generate test bench bench-data bench-train bench-quant bench-eval bench-mixers
@@ -72,7 +73,7 @@ check-size: install
 	$(PY) quantize.py --check "$(ARTIFACT)"
 
 generate: install
-	$(PY) -m golf.generate --artifact "$(ARTIFACT)"
+	$(PY) -m golf.generate --artifact "$(ARTIFACT)" $(if $(PROMPT),--prompt "$(PROMPT)")
 
 # The README's test command; .ci/run calls exactly this.
 test: install

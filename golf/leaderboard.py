@@ -22,6 +22,29 @@ def _cell(s: Any) -> str:
     return str(s if s is not None else "").replace("|", "\\|").replace("\n", " ").strip()
 
 
+def arm_figures(folder: Path, arm: str) -> dict[str, float]:
+    """Mean params / tokens/s / steps over an ablation arm's seeds (its copied metrics files) and
+    its bytes_total (size files): the cost side of an A/B next to its BPB."""
+    out: dict[str, float] = {}
+    for key, pattern in (("params", "metrics"), ("tokens_per_s", "metrics"), ("steps", "metrics"), ("bytes_total", "size")):
+        vals = []
+        for f in sorted(folder.glob(f"{arm}_{pattern}_seed*.json")):
+            try:
+                v = json.loads(f.read_text(encoding="utf-8")).get(key)
+            except (OSError, ValueError):
+                v = None
+            if isinstance(v, (int, float)):
+                vals.append(float(v))
+        if vals:
+            out[key] = sum(vals) / len(vals)
+    return out
+
+
+def _arrow(abl: dict, key: str, fmt: str) -> str:
+    a, b = abl.get("_figures", {}).get("A", {}).get(key), abl.get("_figures", {}).get("B", {}).get(key)
+    return f"{fmt.format(a) if a is not None else '-'} → {fmt.format(b) if b is not None else '-'}"
+
+
 def scan(records_dir: Path) -> tuple[dict[str, list[dict]], list[tuple[Path, list[str]]], list[dict]]:
     """-> (valid records by track, invalid (folder, problems), ablations)."""
     valid: dict[str, list[dict]] = {}
@@ -33,7 +56,8 @@ def scan(records_dir: Path) -> tuple[dict[str, list[dict]], list[tuple[Path, lis
             if track_dir.name == R.ABLATIONS_TRACK:
                 try:
                     rec = json.loads((folder / "ablation.json").read_text(encoding="utf-8"))
-                    ablations.append({**rec, "_folder": folder})
+                    figures = {arm: arm_figures(folder, arm) for arm in ("A", "B")}
+                    ablations.append({**rec, "_folder": folder, "_figures": figures})
                 except (OSError, ValueError) as e:
                     invalid.append((folder, [f"ablation.json unreadable ({e})"]))
                 continue
@@ -71,8 +95,11 @@ def render(records_dir: Path, valid, invalid, ablations) -> str:
         lines += ["", "_No valid records yet: run `make train-and-submit`._"]
     if ablations:
         lines += ["", "## Ablations (A/B, paired seeds)", "",
-                  "| Ablation | A | B | ΔBPB (B-A) | Δnats | p (paired) | challenge bar | practice bar | seeds | Date |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "Params, bytes and training tokens/s are per arm (mean over seeds), from the runs' metrics and size files.",
+                  "",
+                  "| Ablation | A | B | ΔBPB (B-A) | Δnats | p (paired) | challenge bar | practice bar | params A → B "
+                  "| bytes_total A → B | train tok/s A → B | seeds | Date |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for a in sorted(ablations, key=lambda a: (a.get("date", ""), a.get("name", ""))):
             c = a.get("comparison", {})
             yn = lambda k: "yes" if c.get(k) else "no"  # noqa: E731
@@ -80,7 +107,9 @@ def render(records_dir: Path, valid, invalid, ablations) -> str:
                 f"| [{_cell(a.get('name'))}]({rel(a['_folder'])}/README.md) | `{_cell(' '.join(a['A']['settings']))}` "
                 f"| `{_cell(' '.join(a['B']['settings']))}` | {c.get('mean_diff_bpb', float('nan')):+.4f} "
                 f"| {c.get('mean_diff_nats', float('nan')):+.4f} | {c.get('p_paired', float('nan')):.3g} "
-                f"| {yn('meets_challenge_bar')} | {yn('meets_practice_bar')} | {len(a.get('seeds', []))} | {a.get('date', '')} |"
+                f"| {yn('meets_challenge_bar')} | {yn('meets_practice_bar')} "
+                f"| {_arrow(a, 'params', '{:,.0f}')} | {_arrow(a, 'bytes_total', '{:,.0f}')} "
+                f"| {_arrow(a, 'tokens_per_s', '{:,.0f}')} | {len(a.get('seeds', []))} | {a.get('date', '')} |"
             )
     if invalid:
         lines += ["", "## Invalid records (not ranked)", "", "| Record | Why |", "|---|---|"]

@@ -113,17 +113,7 @@ def build_model(h, device: torch.device) -> nn.Module:
 
 def set_qat(model: nn.Module, plan: dict[str, int] | int) -> int:
     """Turn late QAT on (plan from golf.quant.quant_plan) or off (0) on every CastedLinear."""
-    if hasattr(model, "set_qat_bits"):
-        return int(model.set_qat_bits(plan))
-    from golf.layers import CastedLinear
-
-    n = 0
-    for name, m in model.named_modules():
-        if isinstance(m, CastedLinear):
-            bits = plan if isinstance(plan, int) else int(plan.get(f"{name}.weight", 0))
-            m.qat_bits = bits if 0 < bits < 16 else 0
-            n += m.qat_bits > 0
-    return n
+    return int(model.set_qat_bits(plan))
 
 
 def preflight(model: nn.Module, h, log: RunLog) -> dict[str, Any]:

@@ -37,11 +37,17 @@ def test_leaderboard_lists_ablations(tmp_path):
            "comparison": {"mean_diff_bpb": -0.0123, "mean_diff_nats": -0.02, "p_paired": 0.004,
                           "meets_challenge_bar": True, "meets_practice_bar": True}}
     (folder / "ablation.json").write_text(json.dumps(rec))
+    for arm, params, tok_s in (("A", 1000, [100.0, 300.0]), ("B", 1200, [50.0, 70.0])):
+        for seed, t in zip((1, 2), tok_s):
+            (folder / f"{arm}_metrics_seed{seed}.json").write_text(json.dumps({"params": params, "tokens_per_s": t}))
+            (folder / f"{arm}_size_seed{seed}.json").write_text(json.dumps({"bytes_total": params * 2 + seed}))
     out, n_ok, n_bad = L.build(root, tmp_path / "LB.md")
     text = out.read_text()
     assert (n_ok, n_bad) == (0, 0)
     assert "No valid records yet" in text
     assert "| [memtok](ablations/2026-01-01_memtok/README.md) | `NUM_MEMORY_TOKENS=0` | `NUM_MEMORY_TOKENS=8` | -0.0123 |" in text
+    # the cost side, averaged over seeds per arm
+    assert "| 1,000 → 1,200 | 2,002 → 2,402 | 200 → 60 |" in text
 
 
 def test_cli_writes_file(tmp_path, capsys):

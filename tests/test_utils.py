@@ -40,3 +40,18 @@ def test_runlog_writes_greppable_lines(tmp_path):
     text = (tmp_path / "train.log").read_text()
     assert "commit:" in text and 'config:{"num_layers": 2}' in text
     assert "step:3 train_loss:1.23457" in text
+
+
+def test_atomic_outputs_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        f = atomic_write_json(tmp_path / "a.json", {})
+        with atomic_dir(tmp_path / "rec") as d:
+            (d / "x").write_text("1")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(f.stat().st_mode) == 0o644  # not mkstemp's 0600
+    assert stat.S_IMODE((tmp_path / "rec").stat().st_mode) == 0o755

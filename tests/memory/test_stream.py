@@ -90,22 +90,3 @@ def test_parameter_tags_and_count():
         big = name in ("in_proj.weight", "out_proj.weight")
         assert (quant_group_of(p), optim_group_of(p)) == (("attn", "matrix") if big else ("control", "scalar")), name
     assert sum(p.numel() for p in m.parameters()) == 5 * 512 * 512 + 2 * 4 * 512 + 4 + 8
-
-
-def test_bf16_autocast_runs():
-    m = make()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = m(torch.randn(1, 20, 32), MixerContext())
-    assert torch.isfinite(y.float()).all()
-
-
-def test_prefill_state_then_step_continues_the_sequence():
-    """forward_with_state on a prefix, then step() on the rest == forward on the whole (generation)."""
-    m = make(5)
-    x = torch.randn(2, 21, 32)
-    y = m(x, MixerContext())
-    y_pre, state = m.forward_with_state(x[:, :13], MixerContext())
-    torch.testing.assert_close(y_pre, y[:, :13])
-    for t in range(13, 21):
-        y_t, state = m.step(x[:, t], state)
-        torch.testing.assert_close(y_t, y[:, t], rtol=1e-4, atol=1e-5)
