@@ -9,23 +9,7 @@ from golf.memory.base import OPTIM_GROUPS, QUANT_GROUPS, optim_group_of, quant_g
 from golf.model import GPT, count_params, layer_mixers
 from golf.utils import GolfError
 
-
-def small_cfg(**kw):
-    base = dict(vocab_size=64, num_layers=4, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=2.0,
-                rope_dims=4, train_seq_len=32)
-    base.update(kw)
-    cfg = Hyperparameters().model_config()
-    cfg.update(base)
-    return cfg
-
-
-def randomize(model, std=0.1, seed=0):
-    """Move every parameter off its (often zero) init so each path carries signal."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * std)
-    return model
+from modelkit import randomize, small_cfg
 
 
 def test_fresh_model_is_near_uniform():

@@ -3,30 +3,18 @@ changing inputs at positions > t must leave outputs at positions <= t unchanged.
 import pytest
 import torch
 
-from golf.config import Hyperparameters
 from golf.layers import BOS_ID, Rotary
 from golf.memory import load_all
 from golf.memory.base import MIXERS, MixerContext, build_mixer
 from golf.model import GPT
 
+from modelkit import randomize, small_cfg as _small_cfg
+
 T, D, P = 24, 32, 3
 
 
 def small_cfg(**kw):
-    cfg = Hyperparameters().model_config()
-    cfg.update(vocab_size=64, num_layers=4, model_dim=D, num_heads=4, num_kv_heads=2, mlp_mult=2.0,
-               rope_dims=4, train_seq_len=T, attn_window=5, stream_chunk=8, deltanet_chunk=8)
-    cfg.update(kw)
-    return cfg
-
-
-def randomize(module, std=0.1, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.is_floating_point():
-                p.add_(torch.randn(p.shape, generator=g) * std)
-    return module
+    return _small_cfg(**{"train_seq_len": T, "attn_window": 5, "stream_chunk": 8, "deltanet_chunk": 8, **kw})
 
 
 def _mixer_names():

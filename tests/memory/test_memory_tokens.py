@@ -1,24 +1,13 @@
 import torch
 
-from golf.config import Hyperparameters
 from golf.memory.base import optim_group_of, quant_group_of
 from golf.model import GPT, count_params
 
+from modelkit import randomize as _randomize, small_cfg as _small_cfg
+
 
 def small_cfg(**kw):
-    cfg = Hyperparameters().model_config()
-    cfg.update(vocab_size=64, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=2.0,
-               rope_dims=4, train_seq_len=16)
-    cfg.update(kw)
-    return cfg
-
-
-def _randomize(m):
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    return m
+    return _small_cfg(**{"num_layers": 2, "train_seq_len": 16, **kw})
 
 
 def test_memory_tokens_prefix_params_and_tags():

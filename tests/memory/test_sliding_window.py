@@ -2,20 +2,13 @@ import math
 
 import torch
 
-from golf.config import Hyperparameters
 from golf.layers import Rotary, apply_rotary, rms_norm
 from golf.memory.base import MixerContext, build_mixer
 from golf.model import GPT, layer_mixers
 
+from modelkit import small_cfg
+
 D = 32
-
-
-def small_cfg(**kw):
-    cfg = Hyperparameters().model_config()
-    cfg.update(vocab_size=64, num_layers=4, model_dim=D, num_heads=4, num_kv_heads=2, mlp_mult=2.0,
-               rope_dims=4, train_seq_len=32)
-    cfg.update(kw)
-    return cfg
 
 
 def _mixer(name, **kw):

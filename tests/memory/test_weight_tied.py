@@ -1,17 +1,14 @@
 import pytest
 import torch
 
-from golf.config import Hyperparameters
 from golf.model import GPT, count_params
 from golf.utils import GolfError
 
+from modelkit import small_cfg as _small_cfg
+
 
 def small_cfg(**kw):
-    cfg = Hyperparameters().model_config()
-    cfg.update(vocab_size=64, num_layers=6, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=2.0,
-               rope_dims=4, train_seq_len=16)
-    cfg.update(kw)
-    return cfg
+    return _small_cfg(**{"num_layers": 6, "train_seq_len": 16, **kw})
 
 
 def test_k_unique_blocks_run_as_n_logical_layers():
