@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Mapping, Sequence
 
 from golf.utils import GolfError, now_stamp

@@ -23,7 +23,6 @@ import sys
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from golf.layers import BOS_ID

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from golf.bpb import audit_bytes, bits_per_byte, build_luts, doc_lut_bytes, token_bytes
+from golf.bpb import audit_bytes, bits_per_byte, build_luts, token_bytes
 from golf.tokenizer import ByteTokenizer, train_sentencepiece
 
 N_DOCS = 300

@@ -127,6 +127,7 @@ def test_prepare_end_to_end(tmp_path, wiki_docs, monkeypatch):
                  out=tmp_path / "w2")
     for split in ("train", "val"):
         np.testing.assert_array_equal(load_split(out, split), load_split(tmp_path / "w2", split))
+    assert m2["splits"] == m1["splits"]
     # val docs and train docs are disjoint: decode val, none of its documents is in train
     tok = ByteTokenizer()
     val = np.asarray(load_split(out, "val"))

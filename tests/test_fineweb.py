@@ -1,6 +1,5 @@
 """golf.fineweb against a local stand-in for the Hugging Face repo (no network here)."""
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from golf.config import Hyperparameters, load_config
-from golf.layers import BOS_ID, CastedLinear
+from golf.layers import CastedLinear
 from golf.memory.base import OPTIM_GROUPS, QUANT_GROUPS, optim_group_of, quant_group_of
 from golf.model import GPT, count_params, layer_mixers
 from golf.utils import GolfError

@@ -4,7 +4,7 @@ import random
 import numpy as np
 import pytest
 
-from golf.tokenizer import ByteTokenizer, SentencePieceTokenizer, load_tokenizer, save_tokenizer, train_sentencepiece
+from golf.tokenizer import ByteTokenizer, load_tokenizer, save_tokenizer, train_sentencepiece
 from golf.utils import GolfError
 
 

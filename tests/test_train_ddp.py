@@ -1,11 +1,8 @@
 """2-process DDP on CPU (gloo, torchrun): ranks stay in sync and split the same global batch."""
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
-import torch
 
 from test_train import REPO, args, history, run_inprocess, sub_env
 

@@ -10,7 +10,6 @@ golf's fast line-wise encoder, the reference whole-document encoder, and the par
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import time
 from pathlib import Path

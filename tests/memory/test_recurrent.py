@@ -1,11 +1,12 @@
-"""What every recurrent mixer owes generation and mixed precision: reading a prompt with
-`forward_with_state` and then stepping continues the sequence exactly, and bf16 autocast stays
+"""What every recurrent mixer owes the backbone, generation and mixed precision: it is registered
+as recurrent, a fresh layer outputs zero, it is causal on and off chunk boundaries, reading a prompt
+with `forward_with_state` and then stepping continues the sequence exactly, and bf16 autocast stays
 close to fp32. (Mechanism-specific checks live in test_<mixer>.py.)"""
 import pytest
 import torch
 from torch import nn
 
-from golf.memory.base import MixerContext, build_mixer
+from golf.memory.base import MIXERS, MixerContext, build_mixer
 
 CASES = {
     "stream": dict(model_dim=32, num_heads=4, stream_num_streams=4, stream_chunk=16, qk_gain_init=1.5),
@@ -19,6 +20,31 @@ def make(name, seed=0):
     m = build_mixer(name, CASES[name], 0)
     nn.init.normal_(m.out_proj.weight, std=0.2)  # zero-init output would make every check trivial
     return m
+
+
+# positions whose future is perturbed: inside chunks and on chunk boundaries (chunk 16)
+CAUSAL_T = (0, 5, 13, 15, 16, 31, 33)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_registered_recurrent_and_fresh_layer_outputs_zero(name):
+    torch.manual_seed(0)
+    m = build_mixer(name, CASES[name], 0)
+    assert type(m) is MIXERS[name] and m.recurrent
+    assert torch.count_nonzero(m(torch.randn(2, 8, 32), MixerContext())) == 0
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_causal(name):
+    m = make(name)
+    x = torch.randn(2, 40, 32)
+    y = m(x, MixerContext())
+    for t in CAUSAL_T:
+        x2 = x.clone()
+        x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:])
+        y2 = m(x2, MixerContext())
+        torch.testing.assert_close(y2[:, : t + 1], y[:, : t + 1], rtol=0, atol=1e-6)
+        assert (y2[:, t + 1:] - y[:, t + 1:]).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
