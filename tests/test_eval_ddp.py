@@ -35,9 +35,11 @@ WORKER = textwrap.dedent('''
     # 1. the CLI under torchrun's environment: it initialises gloo itself and tears it down
     eval_bpb.main(["--artifact", art, "--data-path", data, "--device", "cpu", "--contexts", "32",
                    "--out", out + ".cli.json"])
-    # 2. evaluate_bpb with explicit rank / world_size
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    # 2. evaluate_bpb with explicit rank / world_size. A fresh port: reusing the CLI's one races
+    # with rank 0 tearing down its store (a rank can rendezvous with the dying store and hang).
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + os.environ["SECOND_PORT"],
+                            rank=rank, world_size=world)
     torch.manual_seed(0)
     model = GPT(json.loads(cfg_json))
     toks = np.load(toks_path)
@@ -83,16 +85,24 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     save_artifact(art, GPT(cfg), h, tok.sha256)
     (tmp_path / "worker.py").write_text(WORKER)
 
-    port = _free_port()
+    port, second_port = _free_port(), _free_port()
+    while second_port == port:
+        second_port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "LOCAL_WORLD_SIZE": "2"}
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "LOCAL_WORLD_SIZE": "2",
+           "SECOND_PORT": str(second_port)}
     out = tmp_path / "res.json"
     procs = [subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(out), json.dumps(cfg),
                                str(tmp_path / "toks.npy"), str(art), str(data)],
                               env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for r in range(2)]
-    logs = [p.communicate(timeout=120)[0] for p in procs]
+    try:
+        logs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:  # never leave a hung rank behind
+            if p.poll() is None:
+                p.kill()
     assert all(p.returncode == 0 for p in procs), "\n".join(logs)
 
     luts = build_luts(tok)
