@@ -83,7 +83,7 @@ bench: bench-data bench-train bench-quant bench-eval bench-mixers
 bench-data: install
 	$(PY) -m golf.bench.data
 bench-train: install
-	$(PY) -m golf.bench.train
+	$(PY) -m golf.bench.train $(if $(PRESET),--preset $(PRESET))
 bench-quant: install
 	$(PY) -m golf.bench.quant
 bench-eval: install

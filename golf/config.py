@@ -26,6 +26,7 @@ class Hyperparameters:
     out_dir: str = "runs"  # each run writes runs/<run_id>/
     device: str = "auto"  # auto | cpu | cuda
     compile: str = "auto"  # auto (on for CUDA) | on | off
+    compile_backend: str = "inductor"  # torch.compile backend; aot_eager/eager isolate an inductor bug
     # --- data ----------------------------------------------------------------------------------
     data_path: str = "data/datasets/shakespeare_sp1024"  # folder of *train_*.bin, *val_*.bin, manifest.json
     tokenizer_path: str = ""  # derived from the data manifest when empty
@@ -58,6 +59,7 @@ class Hyperparameters:
     attn_window: int = 0  # sliding-window size in tokens for "swa" layers; 0 = derived from window_frac
     attn_window_frac: float = 0.25
     global_every: int = 4  # with MIXERS=swa_pattern: every k-th layer is global attention
+    flex_attention: str = "auto"  # swa layers via flex_attention: auto (compiled CUDA code) | on | off
     unique_layers: int = 0  # weight-tied depth: K unique blocks run as NUM_LAYERS logical layers; 0 = off
     stream_num_streams: int = 4
     stream_chunk: int = 64
@@ -130,6 +132,9 @@ class Hyperparameters:
             from golf.model import layer_mixers  # the one place MIXERS patterns are expanded
 
             layer_mixers(self.model_config())
+        for name, allowed in (("compile", ("auto", "on", "off")), ("flex_attention", ("auto", "on", "off"))):
+            if getattr(self, name) not in allowed:
+                raise GolfError(f"{name.upper()}={getattr(self, name)!r}: use one of {', '.join(allowed)}")
         if self.eval_stride <= 0 or self.eval_stride > self.eval_seq_len:
             raise GolfError(
                 f"EVAL_STRIDE={self.eval_stride} must be between 1 and EVAL_SEQ_LEN={self.eval_seq_len}"
@@ -154,7 +159,8 @@ MODEL_FIELDS: tuple[str, ...] = (
     "vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "rope_dims",
     "rope_base", "logit_softcap", "qk_gain_init", "tie_embeddings", "unet_skips", "ln_scale",
     "num_memory_tokens", "bigram_vocab_size", "bigram_dim", "smear_gate", "mtp_num_heads",
-    "mixers", "persistent_memory", "attn_window", "attn_window_frac", "global_every", "unique_layers",
+    "mixers", "persistent_memory", "attn_window", "attn_window_frac", "global_every", "flex_attention",
+    "unique_layers",
     "stream_num_streams", "stream_chunk", "deltanet_chunk", "deltanet_heads", "hypermix_hidden",
     "train_seq_len",
 )

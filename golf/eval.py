@@ -141,6 +141,7 @@ def evaluate_bpb(
     world_size: int = 1,
     position_bucket: int = 64,
     compile: bool = False,
+    compile_backend: str = "inductor",
     amp: bool | None = None,
     static_batch: bool | None = None,
     all_reduce: bool = True,
@@ -171,7 +172,7 @@ def evaluate_bpb(
 
     was_training = model.training
     model.eval()
-    fwd = torch.compile(model, dynamic=False) if compile else model
+    fwd = torch.compile(model, dynamic=False, backend=compile_backend) if compile else model
     use_amp = _default_amp(device, amp)
     static_batch = compile if static_batch is None else static_batch
     offs = torch.arange(seq_len + 1, device=device)

@@ -2,13 +2,23 @@
 
 Two decoding paths behind one `sample(...)`:
 - full recompute: run the whole model on the context for every new token. Works for any model.
-- incremental: for models whose sequence mixers are all recurrent (stream, deltanet, hypermix), each
-  mixer carries its state from token to token, so a new token costs one position per layer instead
-  of the whole context. The backbone itself is reused: every block's mixer is temporarily wrapped so
-  that, inside `model.hidden(window)`, it consumes only the newest position with `step()` and the
-  carried state (other positions of the short window get zeros; they are discarded). The window (the
-  last few tokens) only feeds the embedding-level features that look one token back (BigramHash,
-  SmearGate); memory-token prefix positions are consumed once, in the prefill.
+- incremental: for models whose sequence mixers are all recurrent (stream, deltanet, hypermix) or
+  attention (attn, swa; golf/attention.py), each mixer carries its state from token to token: a
+  recurrent one its state, an attention one a KV cache (keys after q/k norm and RoPE at their
+  absolute positions, memory-token prefix first; sliding-window layers keep only the prefix and
+  their window). A new token then costs one position per layer instead of the whole context.
+  The backbone itself is reused: every block's mixer is temporarily wrapped so that, inside
+  `model.hidden(window)`, it consumes only the newest position with `step()` / `forward_cached()`
+  and the carried state (other positions of the short window get zeros; they are discarded). The
+  window (the last few tokens) only feeds the embedding-level features that look one token back
+  (BigramHash, SmearGate); memory-token prefix positions are consumed once, in the prefill.
+  Weight-tied blocks keep one state per logical layer; persistent memory needs no state.
+  Context length: full recompute feeds the model at most its TRAIN_SEQ_LEN last tokens. A model
+  with attention does exactly the same: once the context outgrows TRAIN_SEQ_LEN, every new token
+  re-prefills the caches from the last TRAIN_SEQ_LEN tokens (shifting a KV cache is not exact:
+  positions and every layer's inputs change), so caches stay bounded and the logits stay those of
+  full recompute, at full recompute's cost past that length. Pure recurrent models carry their
+  O(1) state on without a cut.
   Before it is trusted, the incremental path is checked once against full recompute on the prompt's
   last token; on any mismatch (a backbone feature it does not handle) it falls back to full recompute.
 
@@ -19,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 from typing import Any, Iterator
 
@@ -65,20 +76,33 @@ def pick(logits: Tensor, temperature: float, top_k: int, top_p: float, generator
 # incremental decoding with carried mixer state
 
 
+def _mixer_kind(mixer: nn.Module) -> str | None:
+    """"recurrent" (step/state API), "kv" (attention with forward_cached) or None (unsupported)."""
+    if getattr(mixer, "recurrent", False):
+        return "recurrent"
+    if callable(getattr(mixer, "forward_cached", None)):
+        return "kv"
+    return None
+
+
 class _StatefulMixer(nn.Module):
-    """Wraps a recurrent mixer inside a block. mode "prefill": run the whole sequence, keep the
-    final state; mode "step": only the newest position, through `step()`. One state per call within
-    a forward, so weight-tied blocks run as several logical layers keep separate states."""
+    """Wraps a mixer inside a block. mode "prefill": run the whole sequence, keep the final state
+    (recurrent mixers) or the keys/values (attention: a KVCache); mode "step": only the newest
+    position, through `step()` or `forward_cached()`. One state per call within a forward, so
+    weight-tied blocks run as several logical layers keep separate states."""
 
     def __init__(self, inner: nn.Module, decoder: "IncrementalDecoder"):
         super().__init__()
         self.inner, self.decoder = inner, decoder
+        self.kind = _mixer_kind(inner)
         self.states: list[Any] = []
 
     def forward(self, x: Tensor, ctx: Any) -> Tensor:
         i = self.decoder.call_index(self)
         if self.decoder.mode == "prefill":
-            if hasattr(self.inner, "forward_with_state"):
+            if self.kind == "kv":
+                y, state = self.inner.forward_cached(x, ctx, None)
+            elif hasattr(self.inner, "forward_with_state"):
                 y, state = self.inner.forward_with_state(x, ctx)
             else:
                 state = self.inner.init_state(x.shape[0], x.device, x.dtype)
@@ -89,7 +113,14 @@ class _StatefulMixer(nn.Module):
                 y = torch.stack(ys, dim=1)
             self.states.append(state)
             return y
-        y_t, self.states[i] = self.inner.step(x[:, -1], self.states[i])
+        if self.kind == "kv":
+            cache = self.states[i]
+            cos, sin = self.decoder.rotary_at(cache.length, ctx, x.device)
+            step_ctx = dataclasses.replace(ctx, cos=cos, sin=sin)
+            y_t, self.states[i] = self.inner.forward_cached(x[:, -1:], step_ctx, cache)
+            y_t = y_t[:, 0]
+        else:
+            y_t, self.states[i] = self.inner.step(x[:, -1], self.states[i])
         y = x.new_zeros(x.shape)  # earlier window positions are never read (nothing mixes them)
         y[:, -1] = y_t.to(x.dtype)
         return y
@@ -99,34 +130,72 @@ def incremental_supported(model: nn.Module) -> bool:
     blocks = getattr(model, "blocks", None)
     if blocks is None or not hasattr(model, "hidden") or not hasattr(model, "logits_from_hidden"):
         return False
-    return all(getattr(b.mixer, "recurrent", False) for b in blocks)
+    return all(_mixer_kind(b.mixer) is not None for b in blocks)
+
+
+def _no_prefix(x: Tensor) -> Tensor:
+    return x
 
 
 class IncrementalDecoder:
-    """Carries every mixer's state across tokens; see the module docstring."""
+    """Carries every mixer's state (recurrent state or attention KV cache) across tokens; see the
+    module docstring. max_ctx (default: the model's train_seq_len; 0 = unbounded) bounds the context
+    of models with attention exactly as full recompute does: once the context outgrows it, each new
+    token re-prefills the caches from the last max_ctx tokens."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, max_ctx: int | None = None):
+        if not incremental_supported(model):
+            raise GolfError("generate: incremental decoding needs every sequence mixer to be recurrent "
+                            "(stream, deltanet, hypermix) or attention with a KV cache (attn, swa)")
         self.model = model
         self.mode = "prefill"
         self._counts: dict[int, int] = {}
+        self._rope: tuple[int, Any, Any] | None = None
+        if max_ctx is None:
+            max_ctx = int(getattr(model, "cfg", {}).get("train_seq_len", 0) or 0)
+        if max_ctx < 0:
+            raise GolfError(f"generate: max_ctx={max_ctx} must be >= 0 (0 = unbounded)")
+        self.max_ctx = max_ctx
+        # a KV cache grows with the context and its positions are absolute: bound it like full
+        # recompute bounds its window; pure recurrent models carry O(1) state and are never cut
+        self.has_cache = any(_mixer_kind(b.mixer) == "kv" for b in model.blocks)
+        self.prefills = self.steps = 0  # how the tokens were computed (tests, benchmarks)
 
     def call_index(self, wrapper: _StatefulMixer) -> int:
         i = self._counts.get(id(wrapper), 0)
         self._counts[id(wrapper)] = i + 1
         return i
 
+    def rotary_at(self, pos: int, ctx: Any, device: torch.device) -> tuple[Tensor | None, Tensor | None]:
+        """Rotary tables [1, 1, 1, r/2] of absolute position `pos` (computed once per step, shared
+        by the layers): sliced from the full table so they are bit-identical to the backbone's."""
+        if ctx.cos is None:
+            return None, None
+        if self._rope is None or self._rope[0] != pos:
+            cos, sin = self.model.rotary(pos + 1, device)
+            self._rope = (pos, cos[..., pos:, :], sin[..., pos:, :])
+        return self._rope[1], self._rope[2]
+
     @contextlib.contextmanager
     def wrapped(self) -> Iterator[None]:
         originals = [b.mixer for b in self.model.blocks]
         wrappers = getattr(self, "_wrappers", None) or [_StatefulMixer(m, self) for m in originals]
         self._wrappers = wrappers
+        # a step needs no prefix positions: their keys/state are cached since the prefill, so skip
+        # recomputing them (and their MLPs) for every token
+        prefixed = [m for m in getattr(self.model, "mechanisms", {}).values() if getattr(m, "num_prefix", 0)]
         try:
             for b, w in zip(self.model.blocks, wrappers):
                 b.mixer = w
+            if self.mode == "step":
+                for m in prefixed:
+                    m.prefix = _no_prefix
             yield
         finally:
             for b, m in zip(self.model.blocks, originals):
                 b.mixer = m
+            for m in prefixed:
+                m.__dict__.pop("prefix", None)
 
     def _run(self, idx: Tensor, mode: str) -> Tensor:
         self.mode, self._counts = mode, {}
@@ -137,11 +206,20 @@ class IncrementalDecoder:
             return self.model.logits_from_hidden(self.model.hidden(idx)[:, -1:])[:, -1]
 
     def prefill(self, idx: Tensor) -> Tensor:
-        """Consume the whole context; returns the logits for the next token [B, V]."""
+        """Consume the whole context (its last max_ctx tokens when the model has attention);
+        returns the logits for the next token [B, V]."""
+        if self.has_cache and self.max_ctx and idx.shape[1] > self.max_ctx:
+            idx = idx[:, -self.max_ctx:]
+        self.prefills += 1
         return self._run(idx, "prefill")
 
     def step(self, idx: Tensor) -> Tensor:
         """The context grew by one token (idx is the whole context); returns next-token logits."""
+        if self.has_cache and self.max_ctx and idx.shape[1] > self.max_ctx:
+            # the window slid: every cached position shifts (RoPE, memory prefix, layer inputs
+            # after the first): recompute it as full recompute does, memory stays bounded
+            return self.prefill(idx)
+        self.steps += 1
         return self._run(idx[:, -WINDOW:], "step")
 
 
@@ -154,9 +232,9 @@ def sample(model: nn.Module, prompt_ids: list[int] | Tensor, max_new_tokens: int
            incremental: bool | None = None, stop_at_bos: bool = True, return_logits: bool = False):
     """Sample up to `max_new_tokens` after `prompt_ids` (a list or [B, T] tensor; start it with BOS).
 
-    incremental: None = carried state when every mixer is recurrent (and it passes its self-check),
-    True = insist (error if unsupported), False = full recompute. Returns the new ids [B, N] (and the
-    logits [B, N, V] each one was drawn from when return_logits)."""
+    incremental: None = carried state / KV cache when every mixer supports it (and it passes its
+    self-check), True = insist (error if unsupported), False = full recompute. Returns the new ids
+    [B, N] (and the logits [B, N, V] each one was drawn from when return_logits)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -175,7 +253,7 @@ def sample(model: nn.Module, prompt_ids: list[int] | Tensor, max_new_tokens: int
     dec = None
     if incremental is None or incremental:
         if incremental_supported(model):
-            dec = IncrementalDecoder(model)
+            dec = IncrementalDecoder(model, max_ctx)
             logits = _checked_prefill(dec, idx, full)
             if logits is None:
                 if incremental:
@@ -184,7 +262,8 @@ def sample(model: nn.Module, prompt_ids: list[int] | Tensor, max_new_tokens: int
                 dec = None
         elif incremental:
             raise GolfError("generate: incremental decoding needs every sequence mixer to be recurrent "
-                            "(stream, deltanet, hypermix); this model has others: use full recompute")
+                            "(stream, deltanet, hypermix) or attention with a KV cache (attn, swa); "
+                            "this model has others: use full recompute")
     if dec is None:
         logits = full(idx)
 
@@ -211,6 +290,8 @@ def _checked_prefill(dec: IncrementalDecoder, idx: Tensor, full) -> Tensor | Non
     """Prefill all but the last prompt token, step the last one, and compare with full recompute:
     the incremental path is used only if it reproduces the model's own logits."""
     want = full(idx)
+    if dec.has_cache and dec.max_ctx and idx.shape[1] > dec.max_ctx:
+        idx = idx[:, -dec.max_ctx:]  # what full() saw; longer contexts re-prefill, so check a real step
     if idx.shape[1] < 2:
         return dec.prefill(idx).float()
     dec.prefill(idx[:, :-1])
@@ -262,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--tokenizer", default="", help="tokenizer file (default: the one of the artifact's data)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--full-recompute", action="store_true", help="never carry recurrent state")
+    p.add_argument("--full-recompute", action="store_true", help="never carry recurrent state or KV caches")
     args = p.parse_args(argv)
 
     from golf.artifact import load_artifact  # lazy: pulls in the quantiser and the model

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-BOS_ID = 1  # every document in a shard starts with BOS (id 1); see DEVELOPERS.md
+BOS_ID = 1  # every document in a shard starts with BOS (id 1), as in the challenge's shards
 
 
 class CastedLinear(nn.Linear):

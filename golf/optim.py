@@ -8,12 +8,18 @@ picks its optimizer by tagging, never by editing this file:
   "memory" -> AdamW (MEMORY_LR, no weight decay: memory tokens are content, not weights)
 
 Every param group remembers its `base_lr`; the trainer multiplies it by the schedule's LR scale.
-Under DDP the gradients are already averaged by DDP's all-reduce before `step()`, so every rank runs
-the same orthogonalisation on the same averaged gradient and the weights stay identical.
+Under DDP the gradients are already averaged by DDP's all-reduce before `step()`, so every rank holds
+the same gradient. Muon then splits its Newton-Schulz work across the ranks (each rank orthogonalises
+its share of the matrices and the updates are all-gathered, as in Keller Jordan's modded-nanogpt);
+every rank still keeps every momentum buffer, so the optimizer state (and a checkpoint) is the same
+on all ranks and independent of the world size.
 """
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from golf.memory.base import optim_group_of
@@ -55,18 +61,67 @@ def _newton_schulz(cuda: bool):
     return _COMPILED_NS
 
 
+def shard_plan(keys: list, world: int) -> list[tuple[list[int], list[int]]]:
+    """Deterministic, balanced assignment of matrices to ranks for the sharded Muon step.
+
+    keys[i] is (numel, dtype) of matrix i (any hashable tuple whose first item is its size). Matrices with
+    the same key form a bucket (so one all_gather moves equal-size tensors); buckets go largest
+    first and are dealt round-robin, the deal carrying on from one bucket to the next, so no rank
+    gets more than one matrix of any size above another's. Returns [(indices, owners)] per bucket.
+    Every rank computes the same plan from the same keys."""
+    buckets: dict = {}
+    for i, k in enumerate(keys):
+        buckets.setdefault(k, []).append(i)
+    plan, nxt = [], 0
+    for k in sorted(buckets, key=lambda k: (-k[0], buckets[k][0])):
+        idx = buckets[k]
+        plan.append((idx, [(nxt + j) % world for j in range(len(idx))]))
+        nxt = (nxt + len(idx)) % world
+    return plan
+
+
 class Muon(torch.optim.Optimizer):
     """MomentUm Orthogonalized by Newton-Schulz (Keller Jordan, 2024; modded-nanogpt).
 
     update = NS5(nesterov_momentum(grad)) * sqrt(max(1, rows/cols)); decoupled weight decay
     p <- p * (1 - lr * wd) (as in the parameter-golf records' Muon WD). Tensors with more than two
-    dimensions are treated as [shape[0], -1] matrices."""
+    dimensions are treated as [shape[0], -1] matrices.
+
+    Sharded under torch.distributed (the idea and its all_gather layout follow Keller Jordan's
+    modded-nanogpt Muon): when a process group is initialised with more than one rank (and `shard`
+    is on), each rank runs NS5 only for its share of the matrices (`shard_plan`) and the scaled
+    updates are all-gathered, one collective per same-size bucket, launched asynchronously so the
+    transfers overlap the next bucket's NS5. This needs identical gradients on every rank (DDP's
+    all-reduce gives that) and the same set of parameters with a gradient on every rank. Momentum
+    is cheap and stays unsharded: every rank updates every buffer, so `state_dict()` is the same on
+    all ranks and loads into any world size. A single process runs exactly the unsharded step."""
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
-                 backend_steps: int = 5, weight_decay: float = 0.0):
+                 backend_steps: int = 5, weight_decay: float = 0.0, shard: bool = True, process_group=None):
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, backend_steps=backend_steps,
                         weight_decay=weight_decay)
         super().__init__(params, defaults)
+        self.shard = shard
+        self.process_group = process_group
+
+    def _world(self) -> tuple[int, int]:
+        if not (self.shard and dist.is_available() and dist.is_initialized()):
+            return 1, 0
+        return dist.get_world_size(self.process_group), dist.get_rank(self.process_group)
+
+    def _update(self, p: Tensor, group: dict) -> Tensor:
+        """The scaled orthogonalised update of p (its momentum buffer already stepped)."""
+        buf = self.state[p]["momentum_buffer"]
+        g = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
+        g2 = g.reshape(g.shape[0], -1)
+        update = _newton_schulz(g2.is_cuda)(g2, steps=group["backend_steps"])
+        return update * max(1.0, g2.size(0) / g2.size(1)) ** 0.5
+
+    @staticmethod
+    def _apply(p: Tensor, update: Tensor, lr: float, wd: float) -> None:
+        if wd:
+            p.mul_(1.0 - lr * wd)
+        p.add_(update.view_as(p).to(p.dtype), alpha=-lr)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -74,24 +129,41 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        world, rank = self._world()
+        todo = []  # (param, its group) for every matrix with a gradient, in group order
         for group in self.param_groups:
-            lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+            mom = group["momentum"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                g = p.grad
-                state = self.state[p]
+                state = self.state[p]  # momentum on every rank for every matrix
                 if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(g)
-                buf = state["momentum_buffer"]
-                buf.mul_(mom).add_(g)
-                g = g.add(buf, alpha=mom) if group["nesterov"] else buf
-                g2 = g.reshape(g.shape[0], -1)
-                update = _newton_schulz(g2.is_cuda)(g2, steps=group["backend_steps"])
-                update = update * max(1.0, g2.size(0) / g2.size(1)) ** 0.5
-                if wd:
-                    p.mul_(1.0 - lr * wd)
-                p.add_(update.view_as(p).to(p.dtype), alpha=-lr)
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                state["momentum_buffer"].mul_(mom).add_(p.grad)
+                todo.append((p, group))
+        if world == 1:
+            for p, group in todo:
+                self._apply(p, self._update(p, group), group["lr"], group["weight_decay"])
+            return loss
+        pending = []
+        for idx, owners in shard_plan([(p.grad.numel(), p.grad.dtype) for p, _ in todo], world):
+            p0 = todo[idx[0]][0]
+            k = math.ceil(len(idx) / world)  # slots per rank in this bucket
+            send = torch.zeros(k, p0.grad.numel(), dtype=p0.grad.dtype, device=p0.device)
+            slots, used = [], [0] * world
+            for i, r in zip(idx, owners):
+                slots.append((i, r, used[r]))
+                if r == rank:
+                    send[used[r]].copy_(self._update(*todo[i]).reshape(-1))
+                used[r] += 1
+            recv = torch.empty(world, *send.shape, dtype=send.dtype, device=send.device)
+            work = dist.all_gather(list(recv.unbind(0)), send, group=self.process_group, async_op=True)
+            pending.append((work, send, recv, slots))  # send kept alive until wait()
+        for work, _send, recv, slots in pending:
+            work.wait()
+            for i, r, s in slots:
+                p, group = todo[i]
+                self._apply(p, recv[r, s], group["lr"], group["weight_decay"])
         return loss
 
 

@@ -36,7 +36,7 @@ from golf import schedule
 from golf.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from golf.loader import TokenLoader
 from golf.optim import apply_schedule, build_optimizers
-from golf.utils import GolfError, RunLog, atomic_write_json, device_description, git_commit
+from golf.utils import GolfError, RunLog, atomic_write_json, compile_stats, device_description, git_commit
 
 SIZE_CAP = 16_000_000
 # per-rank tokens in one micro-batch when MICRO_BATCH_SEQS/GRAD_ACCUM_STEPS are not given: the
@@ -230,7 +230,7 @@ _AUTO_ID = re.compile(r"^(?P<preset>.+)_\d{8}_\d{6}_s(?P<seed>-?\d+)$")
 # settings that may differ between a run and its resumption (they do not change the trajectory
 # on CPU, or only the stopping point)
 _RESUME_FREE = {"run_id", "resume", "iterations", "max_wallclock_seconds", "checkpoint_every", "log_every",
-                "val_every", "allow_oversize", "device", "compile", "out_dir"}
+                "val_every", "allow_oversize", "device", "compile", "compile_backend", "out_dir"}
 
 
 def resolve_run_dir(h) -> Path:
@@ -346,7 +346,7 @@ def _train(h, d: Dist, t_start: float) -> dict[str, Any]:
                    weight_decay=g.get("weight_decay", 0.0))
     params = [p for p in model.parameters() if p.requires_grad]
     plan = quant_plan(model, h) if h.qat else {}
-    fwd: nn.Module = torch.compile(model, dynamic=False) if use_compile else model
+    fwd: nn.Module = torch.compile(model, dynamic=False, backend=h.compile_backend) if use_compile else model
     if d.on:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -361,12 +361,13 @@ def _train(h, d: Dist, t_start: float) -> dict[str, Any]:
 
     # --- warm-up (compile) steps, then restore everything ---------------------------------------
     warm_step_s = None
+    graphs0 = compile_stats()  # process-wide counters: report this run's own graphs as differences
     if h.compile_warmup_steps > 0:
         init = (copy.deepcopy(model.state_dict()), [copy.deepcopy(o.state_dict()) for o in optimizers], rng_state())
         n_warm = h.compile_warmup_steps
         for i in range(n_warm):
             # compile the QAT variant too (second half), so the switch later costs no recompile
-            set_qat(model, plan if (use_compile and plan and i >= n_warm // 2) else 0)
+            set_qat(model, plan if (use_compile and plan and i >= max(1, n_warm // 2)) else 0)
             t = time.perf_counter()
             train_step(fwd, optimizers, params, stream, accum, amp, h.grad_clip_norm, d.on)
             if is_cuda:
@@ -379,6 +380,10 @@ def _train(h, d: Dist, t_start: float) -> dict[str, Any]:
         set_rng_state(init[2])
         loader.batches_served = 0
         log.kv(warmup_steps=n_warm, warmup_last_step_ms=1000 * warm_step_s)
+    graphs_warm = compile_stats() if use_compile else {}
+    if graphs_warm:
+        log.kv(compile_graphs=graphs_warm["graphs"] - graphs0.get("graphs", 0),
+               compile_graph_breaks=graphs_warm["graph_breaks"] - graphs0.get("graph_breaks", 0))
     ema = EMA(model) if h.ema else None
 
     # --- resume ----------------------------------------------------------------------------------
@@ -502,6 +507,13 @@ def _train(h, d: Dist, t_start: float) -> dict[str, Any]:
                 t0 = time.perf_counter()
     if bar is not None:
         bar.close()
+    recompiles = None
+    if graphs_warm:  # graphs first compiled inside the timed loop: each one cost budget
+        recompiles = compile_stats()["graphs"] - graphs_warm["graphs"]
+        emit(recompiles_in_loop=recompiles)
+        if recompiles and h.compile_warmup_steps > 0:
+            log.write(f"warning: {recompiles} graph(s) were compiled inside the timed loop; the warm-up "
+                      "should have compiled every variant (see compile_graphs above)")
     if status == "interrupted":
         emit(status=status, step=step, resume=f"RESUME=1 RUN_ID={h.run_id}")
         return {"status": status, "steps": step, "checkpoint": str(last_ckpt), "run_dir": str(run_dir)}
@@ -534,6 +546,7 @@ def _train(h, d: Dist, t_start: float) -> dict[str, Any]:
         "train_loss": train_rows[-1]["train_loss"] if train_rows else None,
         "val_loss": val_loss, "val_bpb": val_bpb, **extra, "val_seconds": val_seconds, "val_tokens": len(val),
         "params": n_params, "preflight_bytes": int(est["total"]), "peak_mem_mb": peak_mb,
+        "recompiles_in_loop": recompiles,
         "device": device_description(), "world_size": d.world_size, "ranks_in_sync": in_sync, "commit": git_commit(),
         "wall_seconds": time.time() - t_start,
     }

@@ -163,6 +163,20 @@ def device_description() -> str:
     return f"cpu ({os.cpu_count()} cores, {platform.machine()})"
 
 
+def compile_stats() -> dict[str, int]:
+    """Graphs and graph breaks torch.compile (dynamo) has produced in this process so far.
+
+    Logged around the timed loop: a graph count that grows after the warm-up means a recompile ate
+    training budget, and a graph break means a slower, split graph. Private torch counters, hence
+    the guard: {} when they are not there."""
+    try:
+        from torch._dynamo.utils import counters
+    except Exception:
+        return {}
+    return {"graphs": int(counters["stats"].get("unique_graphs", 0)),
+            "graph_breaks": int(sum(counters["graph_break"].values()))}
+
+
 def now_stamp() -> str:
     return _dt.datetime.now().strftime("%Y%m%d_%H%M%S")
 

@@ -28,7 +28,7 @@ FIXTURE_SHARD_TOKENS = 1 << 18
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "wiki_val.jsonl.zst").is_file():
-        pytest.skip(f"shared research data not found at {SHARED_DATA} (see DEVELOPERS.md, 'Data')")
+        pytest.skip(f"shared research data not found at {SHARED_DATA} (the research corpora: see README.md, 'Tests')")
     return SHARED_DATA
 
 

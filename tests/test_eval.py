@@ -211,6 +211,29 @@ def test_real_gpt_if_present(luts):
     assert fast["val_bpb"] == pytest.approx(ref["val_bpb"], rel=1e-6)
 
 
+def test_compiled_eval_is_one_static_graph(luts):
+    """The GPU eval path traced on CPU with dynamo's eager backend (same graphs and guards as
+    inductor, no C++ build): the padded last batch keeps one static shape, so a whole eval compiles
+    exactly one graph with no breaks, and its result equals the reference."""
+    from golf.config import load_config
+    from golf.model import GPT
+    from golf.utils import compile_stats
+
+    h = load_config(["--num-layers", "2", "--model-dim", "32", "--num-heads", "2", "--num-kv-heads", "1",
+                     "--vocab-size", "260", "--train-seq-len", "32", "--eval-stride", "8"], env={})
+    torch.manual_seed(0)
+    m, toks = GPT(h.model_config()).float(), _stream(203)  # 203 tokens: the last batch is short
+    torch._dynamo.reset()
+    before = compile_stats()
+    fast = evaluate_bpb(m, toks, luts, 32, 8, batch_windows=6, compile=True, compile_backend="eager", amp=False)
+    after = compile_stats()
+    torch._dynamo.reset()
+    assert after["graphs"] - before["graphs"] == 1 and after["graph_breaks"] == before["graph_breaks"]
+    ref = evaluate_bpb_reference(m, toks, luts, 32, 8)
+    assert fast["tokens"] == ref["tokens"] == 202
+    assert fast["val_bpb"] == pytest.approx(ref["val_bpb"], rel=1e-6)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (torch.cuda.is_available() or __import__("os").environ.get("GOLF_TEST_COMPILE")),
                     reason="torch.compile takes ~1 min on 2 CPU cores; runs on CUDA or with GOLF_TEST_COMPILE=1")

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -17,6 +14,8 @@ import torch
 from golf.bpb import build_luts
 from golf.eval import evaluate_bpb
 from golf.tokenizer import ByteTokenizer
+
+from distkit import free_port, start_ranks, wait_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,12 +50,6 @@ WORKER = textwrap.dedent('''
 ''')
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_ranks_equal_one_process(tmp_path):
     pytest.importorskip("golf.artifact")
     from golf.artifact import load_artifact, save_artifact
@@ -85,25 +78,15 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     save_artifact(art, GPT(cfg), h, tok.sha256)
     (tmp_path / "worker.py").write_text(WORKER)
 
-    port, second_port = _free_port(), _free_port()
+    port, second_port = free_port(), free_port()
     while second_port == port:
-        second_port = _free_port()
+        second_port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "LOCAL_WORLD_SIZE": "2",
            "SECOND_PORT": str(second_port)}
     out = tmp_path / "res.json"
-    procs = [subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(out), json.dumps(cfg),
-                               str(tmp_path / "toks.npy"), str(art), str(data)],
-                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in range(2)]
-    try:
-        logs = [p.communicate(timeout=120)[0] for p in procs]
-    finally:
-        for p in procs:  # never leave a hung rank behind
-            if p.poll() is None:
-                p.kill()
-    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
+    wait_ranks(start_ranks([str(tmp_path / "worker.py"), str(out), json.dumps(cfg), str(tmp_path / "toks.npy"),
+                            str(art), str(data)], env, ROOT), timeout=120)
 
     luts = build_luts(tok)
     torch.manual_seed(0)

@@ -1,12 +1,14 @@
-"""Generation: incremental decoding with carried recurrent state equals full recompute; top-k /
-top-p filtering; fallback for models with attention; the CLI round-trips an artifact."""
+"""Generation: incremental decoding with carried recurrent state or attention KV caches equals full
+recompute; top-k / top-p filtering; fallback for unsupported mixers; the CLI round-trips an artifact."""
 import pytest
 import torch
 from torch import nn
 
 from golf.config import Hyperparameters
-from golf.generate import filter_logits, incremental_supported, pick, sample
+from golf.generate import IncrementalDecoder, filter_logits, incremental_supported, pick, sample
 from golf.model import GPT
+
+from modelkit import randomize, small_cfg
 
 
 def tiny_model(mixers, vocab=64, layers=2, seed=0, **over):
@@ -67,8 +69,18 @@ def test_sampling_is_seeded_and_same_on_both_paths():
     assert runs[0] == runs[1] == runs[2]
 
 
-def test_attention_model_falls_back_to_full_recompute():
+def test_unsupported_mixer_falls_back_to_full_recompute():
     model = tiny_model("attn,stream")
+
+    class Opaque(nn.Module):  # a mixer with neither a recurrent step nor a KV cache
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, ctx):
+            return self.inner(x, ctx)
+
+    model.blocks[0].mixer = Opaque(model.blocks[0].mixer)
     assert not incremental_supported(model)
     out = sample(model, [1, 4, 4], 5, temperature=0, stop_at_bos=False)  # incremental=None: falls back
     assert out.shape == (1, 5)
@@ -146,3 +158,131 @@ def test_self_check_falls_back_when_steps_disagree(monkeypatch, capsys):
 
     with pytest.raises(GolfError, match="disagrees"):
         sample(model, [1, 3, 5, 7], 6, temperature=0, incremental=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# attention KV caches
+
+
+def kv_model(**kw):
+    """A small randomised model (no zero-initialised projection makes a check trivial); contexts
+    stay within train_seq_len unless a test shortens it."""
+    torch.manual_seed(0)
+    cfg = small_cfg(**{"train_seq_len": 64, "mtp_num_heads": 0, **kw})
+    return randomize(GPT(cfg, with_mtp=False), std=0.3).eval()
+
+
+KV_MODELS = {
+    "attn": {},
+    # local layers with a window shorter than the context, a global one, memory tokens in every window
+    "swa": dict(num_layers=4, mixers="swa,swa,swa,attn", attn_window=5, num_memory_tokens=2),
+    "persistent": dict(persistent_memory=4, num_layers=3, mixers="attn,swa,attn", attn_window=6),
+    "memtok_bigram_smear": dict(num_memory_tokens=3, bigram_vocab_size=64, bigram_dim=8, smear_gate=True),
+    # 6 logical layers on 2 blocks (swa, attn): each block runs 3 times with separate caches
+    "weight_tied": dict(num_layers=6, unique_layers=2, mixers="swa,attn", attn_window=4, persistent_memory=2),
+    "mixed": dict(num_layers=4, mixers="attn,stream,swa,deltanet", attn_window=4, num_memory_tokens=2,
+                  stream_chunk=8, deltanet_chunk=8),
+}
+
+
+def _both_paths(model, prompt, n, **kw):
+    out = []
+    for inc in (True, False):
+        g = torch.Generator().manual_seed(5)
+        out.append(sample(model, prompt, n, generator=g, incremental=inc, stop_at_bos=False, return_logits=True, **kw))
+    return out
+
+
+@pytest.mark.parametrize("name", list(KV_MODELS))
+def test_kv_cache_matches_full_recompute(name):
+    model = kv_model(**KV_MODELS[name])
+    assert incremental_supported(model)
+    prompt = [1, 5, 9, 3, 17, 4, 4, 30]
+    (ids_inc, logits_inc), (ids_full, logits_full) = _both_paths(model, prompt, 20, temperature=0)
+    assert ids_inc.tolist() == ids_full.tolist()
+    torch.testing.assert_close(logits_inc, logits_full, rtol=1e-4, atol=1e-4)
+    seq = torch.tensor([prompt + ids_full[0].tolist()])  # full recompute is the model's own logits
+    torch.testing.assert_close(logits_full[0], model(seq)[0, len(prompt) - 1: -1], rtol=1e-5, atol=1e-5)
+    # sampled: varied tokens exercise the caches more than greedy repetition does
+    (ids_inc, logits_inc), (ids_full, logits_full) = _both_paths(model, prompt, 20, temperature=3.0)
+    assert ids_inc.tolist() == ids_full.tolist() and len(set(ids_inc[0].tolist())) > 3
+    torch.testing.assert_close(logits_inc, logits_full, rtol=1e-4, atol=1e-4)
+
+
+def test_kv_cache_is_used_not_the_fallback(monkeypatch, capsys):
+    """Only the one-time self-check runs the full model; every new token is one cached step, and
+    attention layers then see exactly one new position."""
+    model = kv_model(**KV_MODELS["mixed"])
+    calls = {"forward": 0, "step_positions": []}
+    real_forward = model.forward
+
+    def counting_forward(*a, **k):
+        calls["forward"] += 1
+        return real_forward(*a, **k)
+
+    monkeypatch.setattr(model, "forward", counting_forward)
+    attn = model.blocks[0].mixer
+    real_cached = attn.forward_cached
+
+    def spy(x, ctx, cache):
+        if cache is not None:
+            calls["step_positions"].append(x.shape[1])
+        return real_cached(x, ctx, cache)
+
+    monkeypatch.setattr(attn, "forward_cached", spy)
+    sample(model, [1, 2, 3, 4], 15, temperature=0, stop_at_bos=False)
+    assert calls["forward"] == 1  # the self-check's full recompute, nothing else
+    assert calls["step_positions"] == [1] * 15  # the checked last prompt token + 14 generated ones
+    assert "disagrees" not in capsys.readouterr().err
+
+
+def test_kv_caches_stay_bounded_and_match_beyond_train_seq_len():
+    """Past TRAIN_SEQ_LEN the caches re-prefill from the last TRAIN_SEQ_LEN tokens, as full recompute
+    slides its context: same logits, bounded memory; a window layer keeps prefix + window - 1 keys."""
+    kw = dict(num_layers=4, mixers="swa,attn,stream,swa", attn_window=3, num_memory_tokens=2, train_seq_len=12)
+    model = kv_model(**kw)
+    prompt = [1, 5, 9, 3, 17, 4, 8, 2, 11, 7, 13, 6, 22, 19]  # longer than train_seq_len already
+    (ids_inc, logits_inc), (ids_full, logits_full) = _both_paths(model, prompt, 20, temperature=3.0)
+    assert ids_inc.tolist() == ids_full.tolist()
+    torch.testing.assert_close(logits_inc, logits_full, rtol=1e-4, atol=1e-4)
+
+    dec = IncrementalDecoder(model)
+    assert dec.max_ctx == 12 and dec.has_cache
+    with torch.no_grad():
+        idx = torch.tensor([[1, 5, 9, 3]])
+        dec.prefill(idx)
+        for t in range(14):
+            idx = torch.cat([idx, torch.tensor([[7 + t]])], dim=1)
+            dec.step(idx)
+            caches = {i: w.states[0] for i, w in enumerate(dec._wrappers) if w.kind == "kv"}
+            assert caches[0].k.shape[2] == caches[3].k.shape[2] == 2 + 2  # swa: prefix + window - 1
+            assert caches[1].k.shape[2] == 2 + min(idx.shape[1], 12)  # attn: prefix + bounded context
+    assert dec.steps == 8 and dec.prefills == 1 + 6  # 4 + 8 = 12 tokens stepped, then re-prefills
+
+
+def test_weight_tied_blocks_keep_one_cache_per_logical_layer():
+    model = kv_model(**KV_MODELS["weight_tied"])
+    dec = IncrementalDecoder(model)
+    with torch.no_grad():
+        idx = torch.tensor([[1, 5, 9, 3, 8]])
+        dec.prefill(idx)
+        dec.step(torch.cat([idx, torch.tensor([[2]])], dim=1))
+    assert [len(w.states) for w in dec._wrappers] == [3, 3]  # 2 blocks, each run as 3 logical layers
+    full_attn = dec._wrappers[1].states
+    assert all(c.length == 6 for c in full_attn)
+    assert not torch.allclose(full_attn[0].k, full_attn[1].k)  # different layer inputs, own keys
+
+
+def test_self_check_catches_a_wrong_kv_cache(monkeypatch, capsys):
+    model = kv_model(mixers="attn,swa", num_layers=2, attn_window=3)
+    mixer = model.blocks[1].mixer
+    real = mixer.forward_cached
+
+    def wrong_step(x, ctx, cache):  # a cached step that disagrees with forward()
+        y, new = real(x, ctx, cache)
+        return (y + 1.0 if cache is not None else y), new
+
+    monkeypatch.setattr(mixer, "forward_cached", wrong_step)
+    full = sample(model, [1, 3, 5, 7], 6, temperature=0, incremental=False, stop_at_bos=False)
+    assert sample(model, [1, 3, 5, 7], 6, temperature=0, stop_at_bos=False).tolist() == full.tolist()
+    assert "disagrees" in capsys.readouterr().err

@@ -185,3 +185,35 @@ def test_every_parameter_learns_from_the_real_init(mixers):
         opt.step()
     frozen = [n for n, p in m.named_parameters() if torch.equal(p.detach(), before[n])]
     assert frozen == []
+
+
+@pytest.mark.parametrize("extra", [
+    # every per-layer mixer at once, with every record-stack part and persistent memory
+    dict(num_layers=5, mixers="attn,swa,stream,deltanet,hypermix", persistent_memory=4, attn_window=8),
+    dict(num_layers=4, unique_layers=2),  # weight-tied depth
+], ids=["all_mixers", "weight_tied"])
+def test_compiles_as_one_graph_and_qat_switch_reuses_it(extra):
+    """On CUDA the trainer runs torch.compile(model): a graph break splits the step into slower
+    pieces, and a recompile inside the timed loop eats budget. dynamo's eager backend traces exactly
+    what inductor would see, so this catches both on CPU in seconds: fullgraph=True fails on any
+    break, and QAT on/off (compiled both during warm-up) must be two graphs, then no more."""
+    from golf.utils import compile_stats
+
+    torch._dynamo.reset()
+    cfg = small_cfg(num_memory_tokens=4, bigram_vocab_size=128, bigram_dim=16, smear_gate=True, mtp_num_heads=2,
+                    **extra)
+    model = randomize(GPT(cfg))
+    fwd = torch.compile(model, backend="eager", fullgraph=True, dynamic=False)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 64, (2, 32), generator=g), torch.randint(0, 64, (2, 32), generator=g)
+    before = compile_stats()["graphs"]
+    for bits in (0, 6, 0, 6):  # warm-up compiles both variants; the later switches reuse them
+        model.set_qat_bits(bits)
+        loss = fwd(x, y)
+        loss.backward()
+        assert torch.isfinite(loss)
+    assert compile_stats()["graphs"] - before == 2
+    model.set_qat_bits(0)
+    model.zero_grad()
+    torch.testing.assert_close(fwd(x, y), model(x, y))  # the traced graph is the same function
+    torch._dynamo.reset()

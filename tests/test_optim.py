@@ -4,7 +4,14 @@ from torch import nn
 
 from golf.config import load_config
 from golf.memory.base import tag
-from golf.optim import Muon, apply_schedule, build_optimizers, param_groups, zeropower_via_newtonschulz5
+from golf.optim import (
+    Muon,
+    apply_schedule,
+    build_optimizers,
+    param_groups,
+    shard_plan,
+    zeropower_via_newtonschulz5,
+)
 
 
 def test_newton_schulz_is_near_orthogonal():
@@ -43,6 +50,26 @@ def test_muon_step_matches_hand_computation():
         u = zeropower_via_newtonschulz5(g + 0.9 * buf) * (48 / 16) ** 0.5  # tall: scaled up
         w = w * (1 - 0.1 * 0.5) - 0.1 * u
     torch.testing.assert_close(p.detach(), w)
+
+
+def test_shard_plan_is_balanced_and_deterministic():
+    f = torch.float32
+    keys = [(2048, f), (2048, f), (512, f), (4096, f), (2048, f), (512, f), (2048, torch.bfloat16)]
+    for world in (1, 2, 3, 4, 8):
+        plan = shard_plan(keys, world)
+        assert plan == shard_plan(list(keys), world)  # same keys -> same plan on every rank
+        assert sorted(i for idx, _ in plan for i in idx) == list(range(len(keys)))  # each matrix once
+        for idx, owners in plan:
+            assert len({keys[i] for i in idx}) == 1  # a bucket holds one size (equal-size all_gather)
+            assert idx == sorted(idx) and all(0 <= r < world for r in owners)
+            counts = [owners.count(r) for r in range(world)]
+            assert max(counts) - min(counts) <= 1
+        sizes = [keys[idx[0]][0] for idx, _ in plan]
+        assert sizes == sorted(sizes, reverse=True)  # largest first
+        total = [sum(1 for _, owners in plan for r in owners if r == q) for q in range(world)]
+        assert max(total) - min(total) <= 1  # the deal carries across buckets
+    # 2 ranks: 4096 -> r0; three fp32 2048s -> r1, r0, r1; the bf16 2048 -> r0; two 512s -> r1, r0
+    assert shard_plan(keys, 2) == [([3], [0]), ([0, 1, 4], [1, 0, 1]), ([6], [0]), ([2, 5], [1, 0])]
 
 
 class Toy(nn.Module):

@@ -1,5 +1,6 @@
 """golf/train.py end to end on CPU: outputs, exact resume after SIGTERM, NaN stop, size pre-flight."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -162,3 +163,19 @@ def test_batch_layout():
     h.train_batch_tokens = 1000
     with pytest.raises(GolfError, match="TRAIN_BATCH_TOKENS"):
         batch_layout(h, 2, "cuda")
+
+
+def test_compiled_loop_switches_qat_without_recompiling(byte_data_dir, tmp_path):
+    """The CUDA path on CPU: COMPILE=on with dynamo's eager backend (no C++ build, same graphs and
+    guards as inductor). The warm-up must compile both QAT variants so the late-QAT switch inside
+    the timed loop costs no recompile; the log reports it and metrics.json records it."""
+    torch._dynamo.reset()
+    out = tmp_path / "runs"
+    res = run_inprocess(args(byte_data_dir, out, "compiled", compile="on", compile_backend="eager",
+                             compile_warmup_steps=4, iterations=12, qat_lr_scale=0.5))
+    torch._dynamo.reset()
+    log = (out / "compiled" / "train.log").read_text()
+    assert "compile:True" in log and "qat:on" in log
+    assert "compile_graphs:2 " in log or "compile_graphs:2\n" in log  # QAT off + QAT on, both in warm-up
+    assert res["recompiles_in_loop"] == 0 and "recompiles_in_loop:0" in log
+    assert math.isfinite(res["val_bpb"])

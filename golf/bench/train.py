@@ -1,6 +1,6 @@
 """Training throughput: tokens/s, ms/step, peak memory and MFU of a preset's real training step.
 
-    python -m golf.bench.train [--preset record] [--steps N] [--warmup N] [--qat] [--out bench/train.json]
+    python -m golf.bench.train [--preset record] [--steps N] [--warmup N] [--qat] [--out bench/train_<preset>.json]
                                [--setting value ...]   (any train setting, e.g. --train-batch-tokens 65536)
 
 It runs golf.train's own step (same micro-batching, grad clip, Muon + AdamW; bf16 autocast and
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=0, help="timed steps (default: 20 on CUDA, 5 on CPU)")
     p.add_argument("--warmup", type=int, default=-1, help="untimed steps first (default: 5 on CUDA, 1 on CPU)")
     p.add_argument("--qat", action="store_true", help="time with late QAT (fake quantisation) on")
-    p.add_argument("--out", default="bench/train.json")
+    p.add_argument("--out", default="", help="default: bench/train_<preset>.json (record and baseline side by side)")
     args, rest = p.parse_known_args(argv)
 
     from golf.config import load_config
@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         "goal_tokens_per_s": {"record": 1.0e6, "baseline": 1.5e6}.get(preset) if cuda else None,
         "overrides": rest, "commit": git_commit(), "versions": package_versions(),
     }
+    args.out = args.out or f"bench/train_{preset}.json"
     atomic_write_json(args.out, out)
     mfu = f", MFU {out['mfu']:.1%}" if out["mfu"] else ""
     print(f"train bench {preset} ({out['device']}): {ms:,.1f} ms/step, {tps:,.0f} tokens/s, "
