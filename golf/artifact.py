@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from golf import pack as packing_mod
-from golf.quant import FP16, bits_for_tensor, dequantize_rows, quantize_rows
+from golf.quant import FP16, bits_for_tensor, clip_ratios, dequantize_rows, quantize_rows
 from golf.utils import GolfError, atomic_path, git_commit, sha256_bytes
 
 MAGIC = b"GOLFQZ\r\n"
@@ -112,6 +112,7 @@ def save_artifact(
     level = int(h.get("zstd_level", 22) if isinstance(h, dict) else getattr(h, "zstd_level", 22))
     t0 = time.perf_counter()
     sd, groups = export_tensors(model)
+    ratios = clip_ratios(h)
 
     # 1. encode every tensor into named blobs (kind decides the payload order)
     entries: list[dict[str, Any]] = []
@@ -142,7 +143,7 @@ def save_artifact(
                 e.update(encoding="fp16", bits=16)
                 blobs.append(((groups[name], 2, name), _to_bytes(t.to(torch.float16)), e, ""))
             else:
-                q, s = quantize_rows(t, bits)
+                q, s = quantize_rows(t, bits, ratios)
                 qn = q.numpy()
                 how = packing
                 if how == "auto":

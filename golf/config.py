@@ -106,6 +106,7 @@ class Hyperparameters:
     quant_embed_bits: int = 8  # 16 = keep fp16
     quant_other_bits: int = 6  # matrices that are neither MLP, attention nor embedding
     quant_min_numel: int = 65536  # smaller tensors (and vectors) stay fp16 (golf/quant.py)
+    quant_clip_ratios: str = "1.0,0.95,0.9,0.85,0.8"  # per-row clip search; "1.0" = plain abs-max (fewer bytes)
     zstd_level: int = 22
     # --- evaluation ----------------------------------------------------------------------------
     eval_seq_len: int = 0  # 0 = train_seq_len
@@ -135,6 +136,9 @@ class Hyperparameters:
         for name, allowed in (("compile", ("auto", "on", "off")), ("flex_attention", ("auto", "on", "off"))):
             if getattr(self, name) not in allowed:
                 raise GolfError(f"{name.upper()}={getattr(self, name)!r}: use one of {', '.join(allowed)}")
+        from golf.quant import clip_ratios
+
+        clip_ratios(self)  # a bad QUANT_CLIP_RATIOS fails here, not at export after the training run
         if self.eval_stride <= 0 or self.eval_stride > self.eval_seq_len:
             raise GolfError(
                 f"EVAL_STRIDE={self.eval_stride} must be between 1 and EVAL_SEQ_LEN={self.eval_seq_len}"
@@ -185,11 +189,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         train_seq_len=1024, train_batch_tokens=524288, quant_mlp_bits=8, quant_attn_bits=8,
         quant_other_bits=8, ema=False, qat=False, eval_stride=64,
     ),
-    # The 'Memory Tokens + Mixed Quantization' record stack.
+    # The 'Memory Tokens + Mixed Quantization' record stack (public PR #352): its 524,288-token
+    # batch (32 x 2048 per GPU on 8 GPUs) and its two training-only MTP heads (weight 0.2 each).
     "record": dict(
         num_layers=10, model_dim=512, num_heads=8, num_kv_heads=4, mlp_mult=3.0, rope_dims=16,
         num_memory_tokens=64, bigram_vocab_size=10240, bigram_dim=128, smear_gate=True,
-        train_seq_len=2048, train_batch_tokens=786432, quant_mlp_bits=5, quant_attn_bits=6,
+        mtp_num_heads=2, mtp_loss_weight=0.2, mtp_decay=1.0,
+        train_seq_len=2048, train_batch_tokens=524288, quant_mlp_bits=5, quant_attn_bits=6,
         quant_embed_bits=8, eval_stride=64, eval_batch_windows=64,
     ),
 }

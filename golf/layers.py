@@ -18,19 +18,22 @@ class CastedLinear(nn.Linear):
 
     `qat_bits` > 0 turns on late QAT: the forward uses golf.quant.fake_quantize(w, bits) through a
     straight-through estimator (forward sees the quantised weight, backward the identity), at the
-    same per-tensor bit width the exporter will use. The trainer sets it through
-    `GPT.set_qat_bits(plan)` where plan = golf.quant.quant_plan(model, h)."""
+    same per-tensor bit width (and clip ratios, `qat_ratios`) the exporter will use. The trainer sets
+    them through `GPT.set_qat_bits(plan, ratios)` where plan = golf.quant.quant_plan(model, h)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__(in_features, out_features, bias=bias)
         self.qat_bits = 0
+        self.qat_ratios: tuple[float, ...] | None = None  # None = golf.quant.CLIP_RATIOS
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
         if 0 < self.qat_bits < 16:
             from golf.quant import fake_quantize  # lazy: golf.quant imports the model side too
 
-            w = w + (fake_quantize(w, self.qat_bits) - w).detach()
+            wq = fake_quantize(w, self.qat_bits) if self.qat_ratios is None else \
+                fake_quantize(w, self.qat_bits, self.qat_ratios)
+            w = w + (wq - w).detach()
         b = self.bias.to(x.dtype) if self.bias is not None else None
         return F.linear(x, w.to(x.dtype), b)
 

@@ -201,15 +201,18 @@ class GPT(nn.Module):
         """Weights that go into the artifact: everything but training-only parts (MTP heads)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
 
-    def set_qat_bits(self, plan: dict[str, int] | int) -> int:
+    def set_qat_bits(self, plan: dict[str, int] | int, ratios: tuple[float, ...] | None = None) -> int:
         """Late QAT on/off. plan maps parameter names ("blocks.0.mlp.fc.weight") to bit widths (as
         golf.quant.quant_plan returns), or one int for every CastedLinear; 0 or >= 16 = off.
+        ratios: the exporter's clip ratios (golf.quant.clip_ratios(h)); None keeps the layers'.
         Returns how many layers now fake-quantise."""
         n = 0
         for name, m in self.named_modules():
             if isinstance(m, CastedLinear):
                 bits = plan if isinstance(plan, int) else int(plan.get(f"{name}.weight", 0))
                 m.qat_bits = bits if 0 < bits < 16 else 0
+                if ratios is not None:
+                    m.qat_ratios = tuple(ratios)
                 n += m.qat_bits > 0
         return n
 

@@ -40,7 +40,7 @@ from golf.utils import GolfError, RunLog, atomic_write_json, compile_stats, devi
 
 SIZE_CAP = 16_000_000
 # per-rank tokens in one micro-batch when MICRO_BATCH_SEQS/GRAD_ACCUM_STEPS are not given: the
-# record's 48 x 2048 fits an 80 GB H100; on CPU small micro-batches keep memory and latency low
+# 48 x 2048 record-preset sequences fit an 80 GB H100; on CPU small micro-batches keep memory and latency low
 MICRO_TOKENS = {"cuda": 98304, "cpu": 8192}
 
 
@@ -295,7 +295,7 @@ def train(h) -> dict[str, Any]:
 def _train(h, d: Dist, t_start: float) -> dict[str, Any]:
     from golf.bpb import build_luts
     from golf.data import load_data_tokenizer, load_split
-    from golf.quant import quant_plan
+    from golf.quant import clip_ratios, quant_plan
 
     if d.on:  # every rank must use rank 0's run id (auto ids embed a timestamp)
         obj = [h.run_id]
@@ -346,6 +346,7 @@ def _train(h, d: Dist, t_start: float) -> dict[str, Any]:
                    weight_decay=g.get("weight_decay", 0.0))
     params = [p for p in model.parameters() if p.requires_grad]
     plan = quant_plan(model, h) if h.qat else {}
+    model.set_qat_bits(0, clip_ratios(h))  # QAT, when it starts, uses the exporter's clip ratios too
     fwd: nn.Module = torch.compile(model, dynamic=False, backend=h.compile_backend) if use_compile else model
     if d.on:
         from torch.nn.parallel import DistributedDataParallel as DDP

@@ -59,6 +59,26 @@ def test_round_trip_logits_equal_dequantised_model(saved):
         assert not torch.allclose(model.eval()(idx), ref(idx))
 
 
+def test_clip_ratios_setting_reaches_the_artifact(tmp_path):
+    """QUANT_CLIP_RATIOS=1.0 (plain abs-max) writes other integers than the default search, and the
+    artifact still loads exactly the model quantize_model_ predicts with that setting."""
+    h = _h(quant_clip_ratios="1.0")
+    model = _trained_ish(h, seed=1)
+    with torch.no_grad():
+        model.blocks[0].mlp.fc.weight[0, 0] = 3.0  # an outlier the default search would clip
+    save_artifact(tmp_path / "a.ptz", model, h, TOK_SHA)
+    loaded, meta = load_artifact(tmp_path / "a.ptz")
+    assert meta["config"]["quant_clip_ratios"] == "1.0"
+    ref, searched = GPT(h.model_config()), GPT(h.model_config())
+    ref.load_state_dict(model.state_dict())
+    searched.load_state_dict(model.state_dict())
+    quantize_model_(ref, h)
+    quantize_model_(searched, _h())
+    w = loaded.blocks[0].mlp.fc.weight
+    assert torch.equal(w, ref.blocks[0].mlp.fc.weight) and not torch.equal(w, searched.blocks[0].mlp.fc.weight)
+    assert w[0, 0].item() == pytest.approx(3.0, rel=1e-3)  # abs-max keeps the outlier
+
+
 def test_manifest_bits_follow_policy_and_mtp_is_dropped(saved):
     h, model, path, report = saved
     header, _ = read_artifact(path)

@@ -108,6 +108,21 @@ def test_set_qat_bits_plan_and_scalar():
     assert m.set_qat_bits(0) == 0
 
 
+def test_qat_uses_the_exporters_clip_ratios():
+    from golf.quant import quantize_dequantize
+
+    torch.manual_seed(0)
+    m = randomize(GPT(small_cfg()), std=0.3)
+    fc = m.blocks[0].mlp.fc
+    x = torch.randn(3, fc.in_features)
+    for ratios in [(1.0,), (0.8, 1.0)]:
+        m.set_qat_bits({"blocks.0.mlp.fc.weight": 5}, ratios)
+        want = x @ quantize_dequantize(fc.weight.detach(), 5, ratios).t()
+        torch.testing.assert_close(fc(x), want)
+    m.set_qat_bits(0)  # switching QAT off keeps the ratios for the next switch-on
+    assert fc.qat_ratios == (0.8, 1.0) and fc.qat_bits == 0
+
+
 def test_qat_with_real_quant_plan_trains():
     quant = pytest.importorskip("golf.quant")
     torch.manual_seed(0)

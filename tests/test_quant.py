@@ -6,7 +6,7 @@ from torch import nn
 from golf.config import load_config
 from golf.memory.base import tag
 from golf.quant import (
-    CLIP_RATIOS, FP16, bits_for_group, bits_for_tensor, dequantize_rows, estimate_artifact_bytes,
+    CLIP_RATIOS, FP16, bits_for_group, bits_for_tensor, clip_ratios, dequantize_rows, estimate_artifact_bytes,
     fake_quantize, qmax_for, quant_plan, quantize_dequantize, quantize_rows, quantize_rows_reference,
 )
 from golf.utils import GolfError
@@ -91,6 +91,37 @@ def test_clip_search_never_worse_than_absmax_and_cuts_outliers():
     mse1 = ((q1 * absmax_s[:, None] - w) ** 2).sum(1)
     assert torch.all(mse <= mse1 * (1 + 1e-6) + 1e-12)
     assert mse.sum() < mse1.sum()  # somewhere the search found a better clip
+
+
+def test_clip_ratios_setting_parses_validates_and_drives_the_quantiser():
+    assert clip_ratios(_h()) == CLIP_RATIOS
+    assert clip_ratios({}) == CLIP_RATIOS  # configs written before the setting existed
+    assert clip_ratios(_h(quant_clip_ratios="1.0,0.9")) == (1.0, 0.9)
+    for bad in ("", "1.2", "0,1", "x"):
+        with pytest.raises(GolfError, match="QUANT_CLIP_RATIOS"):
+            _h(quant_clip_ratios=bad)
+    w = _weights(seed=5)
+    for ratios in [(1.0,), (0.9, 1.0, 0.7)]:
+        fast, ref = quantize_rows(w, 6, ratios), quantize_rows_reference(w, 6, ratios)
+        assert torch.equal(fast[0], ref[0]) and torch.equal(fast[1], ref[1])
+    _, s_abs = quantize_rows(w, 5, (1.0,))  # abs-max only: the outlier row (25.0) keeps its full range
+    _, s_search = quantize_rows(w, 5)
+    assert s_abs[5] == torch.tensor(25.0 / 15).half() and s_search[5] < s_abs[5]
+
+
+def test_absmax_only_compresses_heavy_tails_better_than_the_search():
+    """The trade QUANT_CLIP_RATIOS=1.0 makes: more error, fewer bytes (zstd-22, int5, t(4) rows)."""
+    import zstandard
+
+    torch.manual_seed(0)
+    w = torch.distributions.StudentT(4.0).sample((256, 512)) * 0.02
+    size = {}
+    for ratios in (CLIP_RATIOS, (1.0,)):
+        q, s = quantize_rows(w, 5, ratios)
+        size[ratios] = (len(zstandard.ZstdCompressor(level=22).compress(q.numpy().tobytes())),
+                        ((dequantize_rows(q, s, w.shape) - w) ** 2).sum().item())
+    assert size[(1.0,)][0] < 0.97 * size[CLIP_RATIOS][0]
+    assert size[(1.0,)][1] > size[CLIP_RATIOS][1]
 
 
 def test_fake_quantize_forward_matches_exporter_and_passes_gradient():

@@ -156,7 +156,9 @@ def test_batch_layout():
     from golf.train import batch_layout
 
     h = load_config(["--preset", "record"], env={})
-    assert batch_layout(h, 8, "cuda") == (48, 1)  # the record: 786432 / 8 GPUs = 48 x 2048
+    assert batch_layout(h, 8, "cuda") == (32, 1)  # the record: 524288 / 8 GPUs = 32 x 2048
+    assert batch_layout(h, 1, "cuda") == (32, 8)  # one GPU: 8 accumulation steps, as the public script
+    h.train_batch_tokens = 786432
     assert batch_layout(h, 1, "cuda") == (48, 8)
     h.grad_accum_steps = 4
     assert batch_layout(h, 2, "cuda") == (48, 4)

@@ -9,8 +9,18 @@ stand-ins for trained weights, because a random init compresses very differently
 projections are nearly free; trained weights are not):
   "init":     the model as constructed (GPT's own init),
   "gaussian": every matrix redrawn from N(0, 0.02) (a pessimistic stand-in: trained rows are
-              heavier-tailed and compress better; golf/pack.py measures both shapes).
+              heavier-tailed and compress better; golf/pack.py measures both shapes),
+  "student_t4": every matrix redrawn from a Student-t with 4 degrees of freedom (the heavy-tailed
+              side; trained weights sit between the two).
 The public memory-tokens record stored 25.8M params in 14,998,539 bytes = 4.65 bits/param.
+
+Every figure also comes with "public_format": the same weights written the way the public int5/int6
+records export (as their READMEs and scripts describe it: per-row abs-max scales, no clip search,
+int5 [-16, 15] for MLP and int6 [-32, 31] for attention matrices in int8 containers, the tied
+embedding and tensors of <= 65,536 elements in fp16, other matrices int8 per row clipped at the
+99.99984th percentile, fp16 scales, zstd-22 over the whole payload). The issue's bar, "fewer bits
+per parameter than the public record for the same model", is then `ours_vs_public_format` < 1 on
+the same checkpoint: an emulation of their byte layout, not their code, so it is good to a few KB.
 """
 from __future__ import annotations
 
@@ -24,6 +34,40 @@ from typing import Any
 import torch
 
 PUBLIC_RECORD = {"params": 25_800_000, "bytes": 14_998_539, "bits_per_param": 4.65}
+PUBLIC_KEEP_FP16_NUMEL = 65_536
+PUBLIC_INT8_CLIP_Q = 0.9999984
+
+
+def public_format_bytes(model) -> dict[str, Any]:
+    """Bytes of `model`'s exported weights in the public int5/int6 records' layout (module doc)."""
+    import numpy as np
+    import zstandard
+
+    from golf.memory.base import quant_group_of
+
+    exported = model.export_state_dict() if hasattr(model, "export_state_dict") else model.state_dict()
+    params = dict(model.named_parameters())
+    chunks, n = [], 0
+    for name, t in exported.items():
+        x = t.detach().float().cpu()
+        n += x.numel()
+        group = quant_group_of(params[name]) if name in params else "control"
+        if group in ("embed", "control") or x.ndim < 2 or x.numel() <= PUBLIC_KEEP_FP16_NUMEL:
+            chunks.append(x.to(torch.float16).numpy().tobytes())
+            continue
+        x = x.reshape(x.shape[0], -1)
+        if group in ("mlp", "attn"):
+            top = 15 if group == "mlp" else 31
+            scale = (x.abs().amax(dim=1) / top).clamp_min(1e-12).to(torch.float16)
+            q = torch.clamp(torch.round(x / scale.float()[:, None]), -(top + 1), top)
+        else:
+            clip = torch.quantile(x.abs(), PUBLIC_INT8_CLIP_Q, dim=1)
+            scale = (clip / 127.0).clamp_min(1.0 / 127.0).to(torch.float16)
+            q = torch.clamp(torch.round(torch.clamp(x, -clip[:, None], clip[:, None]) / scale.float()[:, None]),
+                            -127, 127)
+        chunks.append(q.to(torch.int8).numpy().tobytes() + scale.numpy().astype(np.float16).tobytes())
+    size = len(zstandard.ZstdCompressor(level=22).compress(b"".join(chunks)))
+    return {"bytes": size, "params": n, "bits_per_param": round(8 * size / max(n, 1), 4)}
 
 
 def _size_figures(model, h, tag: str) -> dict[str, Any]:
@@ -35,25 +79,35 @@ def _size_figures(model, h, tag: str) -> dict[str, Any]:
         t0 = time.perf_counter()
         read_artifact(path)
         rep["seconds"]["decompress"] = round(time.perf_counter() - t0, 3)
+    public = public_format_bytes(model)
     return {"weights": tag, "bytes": rep["bytes"], "params": rep["params"], "bits_per_param": rep["bits_per_param"],
+            "public_format": public, "ours_vs_public_format": round(rep["bytes"] / public["bytes"], 4),
             "seconds": rep["seconds"],
             "groups": {g: {k: e.get(k) for k in ("params", "bits", "compressed_bytes", "bits_per_param")}
                        for g, e in rep["groups"].items()}}
 
 
-def bench_preset(preset: str = "record") -> dict[str, Any]:
-    from golf.config import load_config
+def bench_preset(preset: str = "record", overrides: dict[str, str] | None = None) -> dict[str, Any]:
+    from golf.config import apply_overrides, load_config
     from golf.model import GPT
 
     h = load_config([], env={}, preset=preset)
+    if overrides:  # e.g. QUANT_CLIP_RATIOS=1.0
+        apply_overrides(h, overrides, "--set")
     torch.manual_seed(0)
     model = GPT(h.model_config(), with_mtp=False)
-    out = {"preset": preset, "runs": [_size_figures(model, h, "init")]}
+    out = {"preset": preset, "overrides": overrides or {}, "runs": [_size_figures(model, h, "init")]}
     with torch.no_grad():
         for p in model.parameters():
             if p.ndim == 2:
                 p.copy_(torch.randn_like(p) * 0.02)
     out["runs"].append(_size_figures(model, h, "gaussian"))
+    t4 = torch.distributions.StudentT(4.0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.copy_(t4.sample(p.shape) * 0.014)  # std 0.02 (a t(4) has variance 2)
+    out["runs"].append(_size_figures(model, h, "student_t4"))
     return out
 
 
@@ -76,8 +130,11 @@ def bench_checkpoint(checkpoint: str, data_path: str, max_tokens: int, device: s
         t0 = time.perf_counter()
         rt, _ = load_artifact(path, device=device)
         rep["seconds"]["decompress_and_load"] = round(time.perf_counter() - t0, 3)
+    public = public_format_bytes(model)
     out = {"checkpoint": checkpoint, "overrides": overrides or {}, "bytes": rep["bytes"], "params": rep["params"],
-           "bits_per_param": rep["bits_per_param"], "seconds": rep["seconds"], "groups": rep["groups"]}
+           "bits_per_param": rep["bits_per_param"], "public_format": public,
+           "ours_vs_public_format": round(rep["bytes"] / public["bytes"], 4), "seconds": rep["seconds"],
+           "groups": rep["groups"]}
     if data_path:
         tok = load_data_tokenizer(data_path)
         luts = build_luts(tok, torch.device(device))
@@ -104,11 +161,11 @@ def main(argv: list[str] | None = None) -> None:
     from golf.utils import atomic_write_json, device_description, git_commit
 
     res: dict[str, Any] = {"commit": git_commit(), "device": device_description(), "public_record": PUBLIC_RECORD}
+    sets = dict(kv.split("=", 1) for kv in a.set)
     if a.checkpoint:
-        sets = dict(kv.split("=", 1) for kv in a.set)
         res["checkpoint"] = bench_checkpoint(a.checkpoint, a.data_path, a.max_tokens, a.device, sets)
     else:
-        res["preset"] = bench_preset(a.preset)
+        res["preset"] = bench_preset(a.preset, sets)
         res["note"] = ("size figures only: no checkpoint given. A random init compresses differently from "
                        "trained weights; 'gaussian' is the pessimistic stand-in")
     atomic_write_json(a.out, res)

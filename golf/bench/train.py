@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     from golf.config import load_config
     from golf.loader import TokenLoader
     from golf.optim import build_optimizers
-    from golf.quant import quant_plan
-    from golf.train import batch_layout, build_model, set_qat, setup_distributed, train_step
+    from golf.quant import clip_ratios, quant_plan
+    from golf.train import batch_layout, build_model, setup_distributed, train_step
 
     cuda = torch.cuda.is_available()
     preset = args.preset or ("record" if cuda else "tiny")
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     optimizers = build_optimizers(model, h)
     params = [p for p in model.parameters() if p.requires_grad]
     if args.qat:
-        set_qat(model, quant_plan(model, h))
+        model.set_qat_bits(quant_plan(model, h), clip_ratios(h))
     fwd = torch.compile(model, dynamic=False) if compile else model
     micro, accum = batch_layout(h, 1, d.device.type)
     tokens = np.random.default_rng(0).integers(4, h.vocab_size, size=max(4 * h.train_batch_tokens, 1 << 20))

@@ -43,7 +43,9 @@ def test_bench_quant_size_only(tmp_path):
     r = json.loads(out.read_text())
     assert r["preset"]["preset"] == "tiny" and "no checkpoint" in r["note"]
     runs = {x["weights"]: x for x in r["preset"]["runs"]}
-    assert {"init", "gaussian"} <= set(runs) and all(x["bits_per_param"] > 0 for x in runs.values())
+    assert set(runs) == {"init", "gaussian", "student_t4"} and all(x["bits_per_param"] > 0 for x in runs.values())
+    assert all(x["public_format"]["params"] == x["params"] for x in runs.values())
+    assert runs["student_t4"]["bytes"] < runs["gaussian"]["bytes"]  # heavy tails compress better
 
 
 def test_bench_data(tmp_path, shared_data):
