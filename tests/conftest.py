@@ -1,6 +1,6 @@
 """Shared test fixtures: small real data folders built once per session from ../shared/data.
 
-    shared_data     Path of ../shared/data (skips the test when it is absent)
+    shared_data     Path of ../shared/data, or $GOLF_SHARED_DATA (skips the test when it is absent)
     wiki_docs       the first 200 documents of wiki_val.jsonl.zst (list[str])
     byte_data_dir   data folder: byte tokenizer (tokenizer.json), train/val shards, manifest.json
     sp_data_dir     data folder: SentencePiece BPE vocab 512 (tokenizer.model) trained on ~1.5 MB
@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-SHARED_DATA = REPO.parent / "shared" / "data"
+# GOLF_SHARED_DATA: a copy elsewhere (e.g. a folder carried to a GPU machine with the CUDA tests)
+SHARED_DATA = Path(os.environ.get("GOLF_SHARED_DATA") or REPO.parent / "shared" / "data")
 FIXTURE_DOCS = 200
 FIXTURE_VAL_DOCS = 20
 FIXTURE_SHARD_TOKENS = 1 << 18

@@ -237,7 +237,7 @@ def test_compiled_eval_is_one_static_graph(luts):
 @pytest.mark.slow
 @pytest.mark.skipif(not (torch.cuda.is_available() or __import__("os").environ.get("GOLF_TEST_COMPILE")),
                     reason="torch.compile takes ~1 min on 2 CPU cores; runs on CUDA or with GOLF_TEST_COMPILE=1")
-def test_compiled_path_matches_reference(luts):
+def test_cuda_inductor_compiled_eval_matches_reference(luts):
     """The torch.compile path (static batch, padded tail) agrees with the reference (fp32, no amp).
     Measured on CPU here: relative difference 1.6e-10 on val_bpb."""
     dev = "cuda" if torch.cuda.is_available() else "cpu"

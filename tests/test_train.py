@@ -181,3 +181,18 @@ def test_compiled_loop_switches_qat_without_recompiling(byte_data_dir, tmp_path)
     assert "compile_graphs:2 " in log or "compile_graphs:2\n" in log  # QAT off + QAT on, both in warm-up
     assert res["recompiles_in_loop"] == 0 and "recompiles_in_loop:0" in log
     assert math.isfinite(res["val_bpb"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mixers", ["", "swa,stream", "deltanet,hypermix"])
+def test_cuda_compiled_bf16_training_run(byte_data_dir, tmp_path, mixers):
+    """The CUDA training path end to end (inductor, bf16 autocast, fused AdamW, compiled Muon NS,
+    late QAT, flex_attention for window layers): finishes, no recompile in the timed loop, finite."""
+    torch._dynamo.reset()
+    out = tmp_path / "runs"
+    res = run_inprocess(args(byte_data_dir, out, "cuda", device="cuda", compile="on", compile_warmup_steps=4,
+                             iterations=12, qat_lr_scale=0.5, mixers=mixers, attn_window=16))
+    torch._dynamo.reset()
+    log = (out / "cuda" / "train.log").read_text()
+    assert "amp:bf16" in log and "qat:on" in log and "compile_graph_breaks:0" in log
+    assert res["recompiles_in_loop"] == 0 and math.isfinite(res["val_bpb"])
