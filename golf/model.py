@@ -179,12 +179,18 @@ class GPT(nn.Module):
             logits = self.softcap * torch.tanh(logits / self.softcap)
         return logits
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None, reduction: str = "mean") -> Tensor:
+    def forward(self, idx: Tensor, targets: Tensor | None = None, reduction: str = "mean", last: int = 0) -> Tensor:
+        """Logits [B, T, V], or the loss with targets. last > 0 (evaluation): only the last `last`
+        positions get logits / loss, so a sliding window that scores its final `stride` tokens
+        skips the LM head and cross-entropy for the context positions."""
         x = self.hidden(idx)
+        if last:
+            x = x[:, -last:]
+            targets = targets[:, -last:] if targets is not None else None
         logits = self.logits_from_hidden(x)
         if targets is None:
             return logits
-        B, T = idx.shape
+        B, T = targets.shape
         loss = F.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1), reduction=reduction)
         if reduction == "none":
             return loss.view(B, T)

@@ -38,6 +38,17 @@ def test_forward_shapes_and_reductions():
     assert logits.abs().max() <= 30.0
 
 
+def test_last_positions_only_equal_the_full_forward_sliced():
+    """forward(..., last=k) (the evaluator scores only a window's last stride tokens) computes the
+    head and loss for those positions alone; the values are the full forward's, sliced."""
+    torch.manual_seed(0)
+    m = randomize(GPT(small_cfg(num_memory_tokens=2, bigram_vocab_size=32, bigram_dim=8, smear_gate=True))).eval()
+    idx, tgt = torch.randint(2, 64, (2, 16)), torch.randint(2, 64, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(m(idx, tgt, reduction="none", last=5), m(idx, tgt, reduction="none")[:, -5:])
+        torch.testing.assert_close(m(idx, last=3), m(idx)[:, -3:])
+
+
 def test_mtp_aux_loss_training_only_and_not_exported():
     torch.manual_seed(0)
     cfg = small_cfg(mtp_num_heads=2, mtp_loss_weight=0.5, mtp_decay=0.5)
