@@ -39,8 +39,9 @@ from golf.optim import apply_schedule, build_optimizers
 from golf.utils import GolfError, RunLog, atomic_write_json, compile_stats, device_description, git_commit
 
 SIZE_CAP = 16_000_000
-# per-rank tokens in one micro-batch when MICRO_BATCH_SEQS/GRAD_ACCUM_STEPS are not given: the
-# 48 x 2048 record-preset sequences fit an 80 GB H100; on CPU small micro-batches keep memory and latency low
+# per-rank tokens in one micro-batch when MICRO_BATCH_SEQS/GRAD_ACCUM_STEPS are not given (at
+# most 48 x 2048 record-preset sequences: they fit an 80 GB H100); on CPU small micro-batches keep
+# memory and latency low
 MICRO_TOKENS = {"cuda": 98304, "cpu": 8192}
 
 
