@@ -13,8 +13,11 @@ Fast path: a chunked parallel scan. Within a chunk of STREAM_CHUNK positions the
 exp(cumlog[t] - cumlog[s]) for s <= t only (masked to -inf before the exp, so nothing ever divides
 by a tiny cumulative product); the cumulative log-decays are summed in float64 (they are [B, T, M]
 scalars, so this is cheap) so slow and fast decays mixed in one chunk lose no precision. Chunks are
-joined by a short loop that carries the [B, M, 2D] state. `forward_recurrent` (base class, via
-`step`) is the naive reference; tests/memory/test_stream.py checks they agree in values and grads.
+joined by a short loop that carries the [B, M, 2D] state. The training read never materialises the
+[B, T, M, 2D] states (they would dominate a GPU step's memory traffic): values are read through a
+per-chunk [C, C] mixing matrix, only the key half is built (see StreamMixer._read_chunked).
+`forward_recurrent` (base class, via `step`) is the naive reference; tests/memory/test_stream.py
+checks they agree in values and grads.
 
 Documents: the state is *not* reset at BOS. Memory-token prefix positions must stay visible to every
 later token (a reset would cut them off), and the decay gate sees the BOS embedding, so the layer
@@ -33,39 +36,64 @@ from golf.layers import CastedLinear, rms_norm
 from golf.memory.base import MixerContext, SequenceMixer, register, tag
 
 
+def _chunk_weights(log_a: Tensor, r: Tensor, C: int) -> tuple[Tensor, Tensor]:
+    """Per-chunk scan weights for log_a, r [B, n*C, M] (already padded to whole chunks).
+
+    Returns w [B, n, M, C, C], the weight of u[s] in s_m[t] for s <= t inside a chunk (the chunk
+    starting from zero), and carry [B, n, C, M], the decay of the chunk's start state up to t.
+    """
+    B, T, M = log_a.shape
+    n = T // C
+    cum = log_a.reshape(B, n, C, M).double().cumsum(dim=2)  # float64: differences of large sums stay exact
+    cum_t = cum.permute(0, 1, 3, 2)  # [B, n, M, C]
+    diff = cum_t[..., :, None] - cum_t[..., None, :]  # [B, n, M, t, s] = log prod_{s<i<=t} a_i
+    causal = torch.ones(C, C, dtype=torch.bool, device=log_a.device).tril()
+    decay = diff.masked_fill(~causal, float("-inf")).exp().to(r.dtype)
+    w = decay * r.reshape(B, n, C, M).permute(0, 1, 3, 2)[..., None, :]
+    return w, cum.exp().to(r.dtype)
+
+
+def _chunk_starts(w: Tensor, carry: Tensor, uc: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Stream states at the start of every chunk [B, n, M, E] and after the last one [B, M, E].
+
+    Only each chunk's last row of w is needed, so the join loop (n = T / chunk short steps) moves
+    [B, M, E] states, never whole chunks.
+    """
+    B, n, M = w.shape[0], w.shape[1], w.shape[2]
+    own = torch.einsum("bnms,bnse->bnme", w[..., -1, :], uc)  # each chunk's own part of its last state
+    s = state if state is not None else uc.new_zeros(B, M, uc.shape[-1])
+    starts = []
+    for own_i, decay_i in zip(own.unbind(1), carry[:, :, -1].unbind(1)):
+        starts.append(s)
+        s = own_i + decay_i[..., None] * s
+    return torch.stack(starts, dim=1), s
+
+
+def _pad_to_chunks(t: Tensor, C: int) -> Tensor:
+    """Zero-pad dim 1 to a multiple of C (padding with log_a = 0, r = 0: a = 1, nothing written, so
+    it cannot affect earlier positions or the final state)."""
+    pad = (-t.shape[1]) % C
+    return F.pad(t, (0, 0, 0, pad)) if pad else t
+
+
 def stream_scan(log_a: Tensor, r: Tensor, u: Tensor, chunk: int, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """All stream states of s[t] = exp(log_a[t]) * s[t-1] + r[t] * u[t].
 
     log_a, r: [B, T, M]; u: [B, T, E]; state: [B, M, E] or None (zeros).
     Returns (states [B, T, M, E], last state [B, M, E]). Work is O(T * chunk * M * E).
+    (The mixer's training path does not materialise these; see StreamMixer._read_chunked.)
     """
     B, T, M = log_a.shape
     E = u.shape[-1]
     C = max(1, min(chunk, T))
-    pad = (-T) % C
-    if pad:  # trailing padding (a = 1, r = 0) cannot affect earlier positions
-        log_a = F.pad(log_a, (0, 0, 0, pad))
-        r = F.pad(r, (0, 0, 0, pad))
-        u = F.pad(u, (0, 0, 0, pad))
-    n = (T + pad) // C
-    la = log_a.reshape(B, n, C, M)
-    cum = la.double().cumsum(dim=2)  # float64: differences of large sums stay exact enough
-    cum_t = cum.permute(0, 1, 3, 2)  # [B, n, M, C]
-    diff = cum_t[..., :, None] - cum_t[..., None, :]  # [B, n, M, t, s] = log prod_{s<i<=t} a_i
-    causal = torch.ones(C, C, dtype=torch.bool, device=u.device).tril()
-    decay = diff.masked_fill(~causal, float("-inf")).exp().to(u.dtype)
-    w = decay * r.reshape(B, n, C, M).permute(0, 1, 3, 2)[..., None, :]  # weight of u[s] in s_m[t]
+    log_a, r, u = (_pad_to_chunks(t, C) for t in (log_a, r, u))
+    n = u.shape[1] // C
+    w, carry = _chunk_weights(log_a, r, C)
     uc = u.reshape(B, n, C, E)
+    starts, last = _chunk_starts(w, carry, uc, state)
     intra = torch.einsum("bnmts,bnse->bntme", w, uc)  # states if each chunk started from zero
-    carry_decay = cum.exp().to(u.dtype)  # [B, n, C, M]: prod of a from the chunk start to t
-    s = state if state is not None else u.new_zeros(B, M, E)
-    outs = []
-    # join chunks: n = T / chunk short steps (unbind: its backward is one stack, not n full buffers)
-    for intra_i, decay_i in zip(intra.unbind(1), carry_decay.unbind(1)):
-        outs.append(intra_i + decay_i[..., None] * s[:, None])
-        s = outs[-1][:, -1]
-    states = torch.stack(outs, dim=1).reshape(B, n * C, M, E)[:, :T]
-    return states, s
+    states = intra + carry[..., None] * starts[:, :, None]
+    return states.reshape(B, n * C, M, E)[:, :T], last
 
 
 @register
@@ -113,19 +141,67 @@ class StreamMixer(SequenceMixer):
         r = route.softmax(dim=-1)
         return q, g, torch.cat((k_in, v), dim=-1), log_a, r
 
+    def _queries(self, q: Tensor) -> Tensor:
+        """q [..., D] -> RMS-normed, gained per-head queries [..., H, hd] (fp32)."""
+        qh = rms_norm(q.reshape(*q.shape[:-1], self.num_heads, self.head_dim).float())
+        return qh * self.qk_gain.float()[:, None]
+
+    def _output(self, y: Tensor, g: Tensor) -> Tensor:
+        """Per-head read y [..., H, hd] -> RMS norm (bounded whatever the stream magnitudes), gate, out."""
+        y = rms_norm(y).reshape(*g.shape)
+        return self.out_proj(y.to(g.dtype) * torch.sigmoid(g))
+
     def _read(self, q: Tensor, g: Tensor, s: Tensor) -> Tensor:
-        """q, g [..., D]; s [..., M, 2D] (stream states) -> y [..., D]."""
+        """q, g [..., D]; s [..., M, 2D] (stream states) -> y [..., D]. The step-by-step read."""
         H, hd = self.num_heads, self.head_dim
         lead = q.shape[:-1]
         k, v = s.split(self.dim, dim=-1)
-        qh = rms_norm(q.reshape(*lead, H, hd).float()) * self.qk_gain.float()[:, None]
+        qh = self._queries(q)
         kh = rms_norm(k.reshape(*lead, self.num_streams, H, hd).float())
         vh = v.reshape(*lead, self.num_streams, H, hd).float()
         att = torch.einsum("...hd,...mhd->...hm", qh, kh) / math.sqrt(hd)
         y = torch.einsum("...hm,...mhd->...hd", att.softmax(dim=-1), vh)
-        y = rms_norm(y).reshape(*lead, self.dim)  # bounded whatever the stream magnitudes
-        y = y.to(q.dtype) * torch.sigmoid(g)
-        return self.out_proj(y)
+        return self._output(y, g)
+
+    def _read_chunked(self, q: Tensor, u: Tensor, log_a: Tensor, r: Tensor,
+                      state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The fast path's scan + read: the per-head read y [B, T, H, hd] that _read would compute
+        from stream_scan(log_a, r, u) (before _output), and the last state [B, M, 2D], without ever
+        holding the [B, T, M, 2D] states.
+
+        The value half of the states is only read linearly: y[t] = sum_m p_m[t] v_m[t] with
+        v_m[t] = sum_{s<=t} w_m[t, s] v[s] + carry_m[t] v_m(chunk start), so inside a chunk
+        y = (sum_m p_m w_m) @ v, a [C, C] mixing matrix per head (the chunk form of linear
+        attention, applied to Mnemo's streams). Only the key half, whose per-head RMS
+        norm is not linear, is materialised ([B, T, M, D] instead of 2x that, plus intra). Runs in
+        fp32 with autocast off: it is part of the scan's accumulation.
+        """
+        B, T, _ = u.shape
+        D, H, hd, M = self.dim, self.num_heads, self.head_dim, self.num_streams
+        C = max(1, min(self.chunk, T))
+        q, u, log_a, r = (_pad_to_chunks(t, C) for t in (q, u, log_a, r))
+        n = u.shape[1] // C
+        w, carry = _chunk_weights(log_a, r, C)  # [B, n, M, C, C], [B, n, C, M]
+        uc = u.reshape(B, n, C, 2 * D)
+        starts, last = _chunk_starts(w, carry, uc, state)  # [B, n, M, 2D]
+        kc, vc = uc.split(D, dim=-1)
+        k_start, v_start = starts.split(D, dim=-1)
+        # key states -> attention over streams, QK-norm written out so k is saved for backward once
+        # (start-state term first, then the intra-chunk matmul accumulated into it in place: one
+        # [B, n, M, C, D] buffer instead of two)
+        k = (carry.transpose(2, 3)[..., None] * k_start[:, :, :, None]).reshape(B * n, M * C, D)
+        k = k.baddbmm_(w.reshape(B * n, M * C, C), kc.reshape(B * n, C, D))
+        kh = k.reshape(B, n, M, C, H, hd)
+        ms = torch.linalg.vector_norm(kh, dim=-1).square() / hd  # = F.rms_norm's mean square
+        rstd = torch.rsqrt(ms + torch.finfo(kh.dtype).eps)
+        qh = self._queries(q).reshape(B, n, 1, C, H, hd)
+        p = ((qh * kh).sum(dim=-1) * rstd / math.sqrt(hd)).softmax(dim=2)  # [B, n, M, C(t), H]
+        # value read: intra-chunk mixing matrix per head, plus each stream's decayed start state
+        mix = torch.einsum("bnmth,bnmts->bnhts", p, w)  # [B, n, H, C(t), C(s)]
+        y = torch.einsum("bnhts,bnshd->bnthd", mix, vc.reshape(B, n, C, H, hd))
+        y = y + torch.einsum("bnmth,bnmhd->bnthd", p * carry.transpose(2, 3)[..., None],
+                             v_start.reshape(B, n, M, H, hd))
+        return y.reshape(B, n * C, H, hd)[:, :T], last
 
     # --- fast path ---------------------------------------------------------------------------
     def forward(self, x: Tensor, ctx: MixerContext | None = None) -> Tensor:
@@ -135,8 +211,8 @@ class StreamMixer(SequenceMixer):
         """The fast path, also returning the state after the last position (generation prefill)."""
         q, g, u, log_a, r = self._project(x)
         with torch.autocast(x.device.type, enabled=False):  # the scan accumulates: keep it fp32
-            states, last = stream_scan(log_a, r, u.float(), self.chunk)
-        return self._read(q, g, states), last
+            y, last = self._read_chunked(q, u.float(), log_a, r)
+        return self._output(y, g), last
 
     # --- recurrent form ------------------------------------------------------------------------
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> Tensor:

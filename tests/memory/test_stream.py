@@ -72,3 +72,33 @@ def test_parameter_tags_and_count():
         big = name in ("in_proj.weight", "out_proj.weight")
         assert (quant_group_of(p), optim_group_of(p)) == (("attn", "matrix") if big else ("control", "scalar")), name
     assert sum(p.numel() for p in m.parameters()) == 5 * 512 * 512 + 2 * 4 * 512 + 4 + 8
+
+
+@pytest.mark.parametrize("chunk,T", [(16, 37), (8, 8), (1, 5)])
+def test_chunked_read_matches_states_then_read(chunk, T):
+    """The fast read (values through a [C, C] mixing matrix, never building the value states)
+    equals the plain read of the materialised states, values, last state and grads, also from a
+    non-zero initial state."""
+    m = make(chunk, stream_chunk=chunk)
+    x = torch.randn(2, T, 32, requires_grad=True)
+    s0 = torch.randn(2, 4, 64, requires_grad=True)
+
+    def fast():
+        q, g, u, log_a, r = m._project(x)
+        y, last = m._read_chunked(q, u, log_a, r, s0)
+        return m._output(y, g), last
+
+    def slow():
+        q, g, u, log_a, r = m._project(x)
+        states, last = stream_scan(log_a, r, u, chunk, s0)
+        return m._read(q, g, states), last
+
+    (y, last), (y_ref, last_ref) = fast(), slow()
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(last, last_ref, rtol=1e-5, atol=1e-6)
+    ps = [x, s0] + list(m.parameters())
+    dy, dl = torch.randn_like(y), torch.randn_like(last)
+    gs = torch.autograd.grad((y * dy).sum() + (last * dl).sum(), ps)
+    gs_ref = torch.autograd.grad((y_ref * dy).sum() + (last_ref * dl).sum(), ps)
+    for g, g_ref in zip(gs, gs_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
