@@ -71,14 +71,19 @@ def chunk_gated_delta(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, 
 
     S = state if state is not None else q.new_zeros(B, H, dk, dv)
     k_end = (k * gam_end).transpose(-1, -2)  # [B, H, n, dk, C]: k_s * Gamma_C / Gamma_s
+    # The loop carries only what is truly sequential (the chunk-start state S and the corrected
+    # values u, two small matmuls per chunk); the outputs, which need S and u but feed nothing back,
+    # are two batched matmuls over all chunks afterwards: half the kernels in the sequential part.
     # unbind (not x[:, :, i]): the backward of n unbinds is one stack, of n slices n full-size buffers
-    per_chunk = zip(*(t.unbind(2) for t in (w, kc, qg, qk, k_end, gam[..., -1:, :])))
-    outs = []
-    for w_i, kc_i, qg_i, qk_i, kend_i, gl_i in per_chunk:
+    per_chunk = zip(*(t.unbind(2) for t in (w, kc, k_end, gam[..., -1:, :])))
+    starts, us = [], []
+    for w_i, kc_i, kend_i, gl_i in per_chunk:
+        starts.append(S)
         u = w_i - kc_i @ S
-        outs.append(qg_i @ S + qk_i @ u)
+        us.append(u)
         S = gl_i * S + kend_i @ u
-    o = torch.stack(outs, dim=2).reshape(B, H, n * C, dv)[:, :, :T]
+    o = qg @ torch.stack(starts, dim=2) + qk @ torch.stack(us, dim=2)  # [B, H, n, C, dv]
+    o = o.reshape(B, H, n * C, dv)[:, :, :T]
     return o, S
 
 
