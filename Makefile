@@ -89,6 +89,8 @@ gpu-check: install
 	$(PY) -m golf.bench.train --preset baseline
 	$(PY) -m golf.bench.eval
 	$(PY) -m golf.bench.mixers
+	$(PY) -m golf.bench.summary
+
 bench-data: install
 	$(PY) -m golf.bench.data
 bench-train: install

@@ -64,3 +64,28 @@ def test_bench_mixers_rejects_cuda_without_gpu(tmp_path, capsys):
         _run("mixers", ["--device", "cuda", "--out", str(tmp_path / "x.json")])
     assert e.value.code == 2 and "no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_summary_judges_only_gpu_figures(tmp_path, capsys):
+    from golf.bench.summary import main, summarise
+
+    def put(name, obj):
+        (tmp_path / name).write_text(json.dumps(obj))
+
+    rows = {r["goal"]: r for r in summarise(tmp_path)}  # nothing measured yet
+    assert all(r["met"] is None and r["source"] == "missing" for r in rows.values())
+    # GPU figures (the benches set their goal fields only on CUDA)
+    put("train_record.json", {"tokens_per_s": 1.05e6, "goal_tokens_per_s": 1.0e6, "device": "1x H100"})
+    put("train_baseline.json", {"tokens_per_s": 1.4e6, "goal_tokens_per_s": 1.5e6, "device": "1x H100"})
+    put("eval.json", {"extrapolated_seconds_62M": 450.0, "limit_seconds": 600.0, "meets_limit": True})
+    put("mixers.json", {"goal_met": False, "results": {"stream": {"ratio_vs_attn": 0.62},
+                                                       "deltanet": {"ratio_vs_attn": 0.41}}})
+    met = [r["met"] for r in summarise(tmp_path)]
+    assert met == [True, False, True, True, False]
+    # a CPU run of the same benches judges nothing, however fast it looks
+    put("train_record.json", {"tokens_per_s": 2e6, "goal_tokens_per_s": None, "device": "cpu"})
+    put("mixers.json", {"goal_met": None, "results": {"stream": {"ratio_vs_attn": 3.0}}})
+    main(["--bench-dir", str(tmp_path)])
+    rows = json.loads((tmp_path / "summary.json").read_text())["goals"]
+    assert rows[0]["met"] is None and rows[3]["met"] is None and rows[4]["measured"] is None
+    assert "not judged" in capsys.readouterr().out
