@@ -22,3 +22,21 @@ def randomize(module, std=0.1, seed=0, skip=()):
             if p.is_floating_point() and name not in skip:
                 p.add_(torch.randn(p.shape, generator=g) * std)
     return module
+
+
+def live_mixer(name, cfg, seed=0):
+    """The registered mixer `name` built from `cfg`, its zero-initialised output projection moved
+    off zero (a fresh layer outputs 0, which would make every check trivial)."""
+    from golf.memory.base import build_mixer
+
+    torch.manual_seed(seed)
+    m = build_mixer(name, cfg, 0)
+    torch.nn.init.normal_(m.out_proj.weight, std=0.2)
+    return m
+
+
+def grads_of(m, x, y):
+    """Gradients of a fixed random projection of the output y w.r.t. the input x and every
+    parameter of m: two paths that agree on these agree in their backward too."""
+    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+    return torch.autograd.grad((y * w).sum(), [x] + list(m.parameters()))

@@ -3,24 +3,17 @@ several chunk sizes, T not a multiple of the chunk), the core against the paper'
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from golf.memory.base import MixerContext, optim_group_of, quant_group_of
 from golf.memory.deltanet import GatedDeltaNet, chunk_gated_delta
+
+from modelkit import grads_of, live_mixer
 
 CFG = dict(model_dim=32, num_heads=4, deltanet_heads=2, deltanet_chunk=16)
 
 
 def make(seed=0, **over):
-    torch.manual_seed(seed)
-    m = GatedDeltaNet({**CFG, **over}, 0)
-    nn.init.normal_(m.out_proj.weight, std=0.2)  # zero-init output would make every check trivial
-    return m
-
-
-def grads(m, x, y):
-    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
-    return torch.autograd.grad((y * w).sum(), [x] + list(m.parameters()))
+    return live_mixer("deltanet", {**CFG, **over}, seed)
 
 
 @pytest.mark.parametrize("chunk,T,heads", [(16, 37, 2), (5, 23, 4), (64, 20, 1), (1, 6, 2), (8, 64, 2)])
@@ -29,7 +22,7 @@ def test_chunked_matches_recurrent(chunk, T, heads):
     x = torch.randn(2, T, 32, requires_grad=True)
     y, y_ref = m(x, MixerContext()), m.forward_recurrent(x, MixerContext())
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
-    for g, g_ref in zip(grads(m, x, y), grads(m, x, y_ref)):
+    for g, g_ref in zip(grads_of(m, x, y), grads_of(m, x, y_ref)):
         torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
 
 
@@ -45,7 +38,7 @@ def test_extreme_decays_long_sequence(decay):
     y, y_ref = m(x, MixerContext()), m.forward_recurrent(x, MixerContext())
     assert torch.isfinite(y).all()
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=2e-5)
-    for g, g_ref in zip(grads(m, x, y), grads(m, x, y_ref)):
+    for g, g_ref in zip(grads_of(m, x, y), grads_of(m, x, y_ref)):
         # fp32 noise of both paths scales with the gradient's size (checked against float64)
         torch.testing.assert_close(g, g_ref, rtol=1e-3, atol=1e-5 * float(g_ref.abs().max()) + 1e-5)
 

@@ -7,14 +7,13 @@ from torch import nn
 from golf.memory.base import MixerContext, optim_group_of, quant_group_of
 from golf.memory.hypermixing import HyperMixing
 
+from modelkit import live_mixer
+
 CFG = dict(model_dim=32, num_heads=4, hypermix_hidden=0)
 
 
 def make(seed=0, **over):
-    torch.manual_seed(seed)
-    m = HyperMixing({**CFG, **over}, 0)
-    nn.init.normal_(m.out_proj.weight, std=0.2)  # zero-init output would make every check trivial
-    return m
+    return live_mixer("hypermix", {**CFG, **over}, seed)
 
 
 def test_default_hidden_is_half_the_width():

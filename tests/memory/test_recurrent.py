@@ -4,9 +4,10 @@ with `forward_with_state` and then stepping continues the sequence exactly, and 
 close to fp32. (Mechanism-specific checks live in test_<mixer>.py.)"""
 import pytest
 import torch
-from torch import nn
 
 from golf.memory.base import MIXERS, MixerContext, build_mixer
+
+from modelkit import live_mixer
 
 CASES = {
     "stream": dict(model_dim=32, num_heads=4, stream_num_streams=4, stream_chunk=16, qk_gain_init=1.5),
@@ -16,10 +17,7 @@ CASES = {
 
 
 def make(name, seed=0):
-    torch.manual_seed(seed)
-    m = build_mixer(name, CASES[name], 0)
-    nn.init.normal_(m.out_proj.weight, std=0.2)  # zero-init output would make every check trivial
-    return m
+    return live_mixer(name, CASES[name], seed)
 
 
 # positions whose future is perturbed: inside chunks and on chunk boundaries (chunk 16)

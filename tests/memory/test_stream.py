@@ -2,24 +2,17 @@
 decays over long sequences, parameter tags."""
 import pytest
 import torch
-from torch import nn
 
 from golf.memory.base import MixerContext, optim_group_of, quant_group_of
 from golf.memory.stream import StreamMixer, stream_scan
+
+from modelkit import grads_of, live_mixer
 
 CFG = dict(model_dim=32, num_heads=4, stream_num_streams=4, stream_chunk=16, qk_gain_init=1.5)
 
 
 def make(seed=0, **over):
-    torch.manual_seed(seed)
-    m = StreamMixer({**CFG, **over}, 0)
-    nn.init.normal_(m.out_proj.weight, std=0.2)  # zero-init output would make every check trivial
-    return m
-
-
-def grads(m, x, y):
-    ps = [x] + [p for p in m.parameters()]
-    return torch.autograd.grad((y * torch.randn_like(y, generator=torch.Generator().manual_seed(1))).sum(), ps)
+    return live_mixer("stream", {**CFG, **over}, seed)
 
 
 @pytest.mark.parametrize("chunk,T", [(16, 37), (7, 50), (64, 20), (1, 9)])
@@ -28,7 +21,7 @@ def test_chunked_matches_recurrent(chunk, T):
     x = torch.randn(2, T, 32, requires_grad=True)
     y, y_ref = m(x, MixerContext()), m.forward_recurrent(x, MixerContext())
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
-    for g, g_ref in zip(grads(m, x, y), grads(m, x, y_ref)):
+    for g, g_ref in zip(grads_of(m, x, y), grads_of(m, x, y_ref)):
         torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
 
 
@@ -47,7 +40,7 @@ def test_extreme_decays_long_sequence(decay_bias):
     y, y_ref = m(x, MixerContext()), m.forward_recurrent(x, MixerContext())
     assert torch.isfinite(y).all()
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=2e-5)
-    for g, g_ref in zip(grads(m, x, y), grads(m, x, y_ref)):
+    for g, g_ref in zip(grads_of(m, x, y), grads_of(m, x, y_ref)):
         assert torch.isfinite(g).all()
         # fp32 noise of both paths scales with the gradient's size (checked against float64)
         torch.testing.assert_close(g, g_ref, rtol=1e-3, atol=1e-5 * float(g_ref.abs().max()) + 1e-5)
