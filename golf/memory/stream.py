@@ -59,7 +59,7 @@ def _chunk_starts(w: Tensor, carry: Tensor, uc: Tensor, state: Tensor | None) ->
     Only each chunk's last row of w is needed, so the join loop (n = T / chunk short steps) moves
     [B, M, E] states, never whole chunks.
     """
-    B, n, M = w.shape[0], w.shape[1], w.shape[2]
+    B, M = w.shape[0], w.shape[2]
     own = torch.einsum("bnms,bnse->bnme", w[..., -1, :], uc)  # each chunk's own part of its last state
     s = state if state is not None else uc.new_zeros(B, M, uc.shape[-1])
     starts = []
