@@ -76,6 +76,12 @@ def setup_distributed(h) -> Dist:
         raise GolfError("DEVICE=cuda but no CUDA device is visible; use DEVICE=cpu or DEVICE=auto")
     if want not in ("cpu", "cuda"):
         raise GolfError(f"DEVICE={h.device!r}: use auto, cpu or cuda")
+    from golf.model import layer_mixers
+
+    if want == "cpu" and str(h.flex_attention).lower() == "on" and "swa" in layer_mixers(h.model_config()):
+        # torch's flex_attention has no CPU backward (2.11 and 2.13 alike): fail before compiling
+        raise GolfError("FLEX_ATTENTION=on trains only on CUDA (flex_attention has no CPU backward); "
+                        "use FLEX_ATTENTION=auto or off on CPU")
     device = torch.device(f"cuda:{local}") if want == "cuda" else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -152,6 +152,16 @@ def test_preflight_allow_oversize_goes_on():
     assert est["total"] > 16_000_000
 
 
+def test_flex_attention_on_is_refused_on_cpu_before_any_work():
+    from golf.train import setup_distributed
+
+    h = load_config(["--preset", "tiny", "--device", "cpu", "--mixers", "swa,attn", "--flex-attention", "on"], env={})
+    with pytest.raises(GolfError, match="FLEX_ATTENTION=on trains only on CUDA"):
+        setup_distributed(h)
+    h.mixers = "attn"  # no window layer: the setting is moot and the run goes on
+    assert setup_distributed(h).device.type == "cpu"
+
+
 def test_batch_layout():
     from golf.train import batch_layout
 
