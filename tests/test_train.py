@@ -152,6 +152,21 @@ def test_preflight_allow_oversize_goes_on():
     assert est["total"] > 16_000_000
 
 
+@pytest.mark.parametrize("total,warned", [(15_400_000, False), (15_600_000, True), (16_000_000, True)])
+def test_preflight_warns_near_the_cap(tmp_path, monkeypatch, total, warned):
+    """Within PREFLIGHT_MARGIN of the cap the estimate's own error could tip the artifact over."""
+    import golf.quant
+    from golf.train import preflight
+    from golf.utils import RunLog
+
+    fake = {"groups": {"mlp": {"params": 1, "bits": 5, "bytes": total - 100}}, "header": 50, "code": 50,
+            "params": 1, "bits_per_param": 5.0, "total": total, "cap": 16_000_000}
+    monkeypatch.setattr(golf.quant, "estimate_artifact_bytes", lambda model, h: fake)
+    h = load_config(["--preset", "tiny"], env={})
+    preflight(None, h, RunLog(tmp_path / "log", echo=False))
+    assert ("within 3% of the cap" in (tmp_path / "log").read_text()) == warned
+
+
 def test_flex_attention_on_is_refused_on_cpu_before_any_work():
     from golf.train import setup_distributed
 
