@@ -14,7 +14,7 @@ environment (`make train-and-submit NUM_LAYERS=10`) or extra flags (`--num-layer
 Records are written with `atomic_dir`: built under a temporary name and renamed at the end, so an
 interrupted run leaves no half record, and an existing name is refused before any training.
 
-Run cache: a seed's result is keyed by (code version, full config, seed, data manifest) under
+Run cache: a seed's result is keyed by (code files, full config, seed, data manifest) under
 `runs/cache/`; an identical run is reused instead of retrained (so several ablations against the
 same A arm train A once). Reuse is recorded per seed (`reused`, `run_id`). `--fresh` turns it off.
 """
@@ -228,20 +228,30 @@ class SeedRun:
     files: dict[str, Path] = field(default_factory=dict)  # train_log, eval_json, metrics, plot
 
 
-def code_version() -> str | None:
-    """The commit, plus a hash of the uncommitted diff when dirty; None when git cannot tell."""
-    c = git_commit()
-    if c == "unknown":
+def code_version(root: Path | None = None) -> str | None:
+    """The code a run used, for the cache: the git blob ids of every tracked file outside records/,
+    plus the uncommitted diff and new (untracked, not ignored) .py files; None when git cannot tell.
+
+    Not the commit: committing a record moves HEAD without changing any code, and the next ablation
+    against the same A arm must still reuse it. (The record itself pins the commit, see submit.)
+    """
+    root = Path(root) if root is not None else repo_root()
+
+    def git(*args: str) -> bytes:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, timeout=30, check=True).stdout
+
+    try:
+        tree = git("ls-tree", "-r", "-z", "HEAD").split(b"\0")
+        diff = git("diff", "HEAD", "--", ".", ":(exclude)records")
+        new = git("ls-files", "-z", "--others", "--exclude-standard").decode().split("\0")
+    except (OSError, subprocess.SubprocessError):
         return None
-    root = repo_root()
-    # Uncommitted edits and new (untracked, not ignored) .py files change the code too: hash them in.
-    # (Only .py: new records under records/ must not invalidate the cache.)
-    diff = subprocess.run(["git", "diff", "HEAD", "--", ".", ":(exclude)records"], cwd=root, capture_output=True, timeout=30).stdout
-    new = subprocess.run(["git", "ls-files", "--others", "--exclude-standard"], cwd=root, capture_output=True,
-                         text=True, timeout=30).stdout.split()
-    new = [f for f in new if f.endswith(".py")]
-    blob = diff + b"".join(f.encode() + b"\0" + (root / f).read_bytes() for f in sorted(new) if (root / f).is_file())
-    return c + (":" + sha256_bytes(blob)[:16] if c.endswith("+dirty") or new else "")
+    # ls-tree entries are "<mode> <type> <blob id>\t<path>"; records/ never changes the code.
+    blob = b"\0".join(e for e in tree if not e.split(b"\t", 1)[-1].startswith(b"records/")) + b"\0" + diff
+    for f in sorted(f for f in new if f.endswith(".py")):
+        if (root / f).is_file():
+            blob += f.encode() + b"\0" + (root / f).read_bytes()
+    return sha256_bytes(blob)[:32]
 
 
 def cache_key(h: Hyperparameters, code: str) -> str:

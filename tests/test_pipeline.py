@@ -245,6 +245,42 @@ def test_cache_key_depends_on_config_seed_and_code():
     assert P.cache_key(h1, "c1") != P.cache_key(P.resolve_config("tiny", {"num_layers": 2}, 1, "a"), "c1")
 
 
+
+def test_code_version_ignores_committed_records_but_not_code(tmp_path):
+    """Committing a record must not invalidate the cache (the next ablation reuses its A arm);
+    any change to the code, committed or not, must."""
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    assert P.code_version(tmp_path) is None  # not a repository: no cache rather than a wrong hit
+    (tmp_path / "golf").mkdir()
+    (tmp_path / "golf" / "m.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "code")
+    v0 = P.code_version(tmp_path)
+    assert v0 is not None
+
+    (tmp_path / "records" / "r1").mkdir(parents=True)
+    (tmp_path / "records" / "r1" / "README.md").write_text("a record\n")
+    assert P.code_version(tmp_path) == v0  # an untracked record
+    git("add", ".")
+    git("commit", "-qm", "record")
+    assert P.code_version(tmp_path) == v0  # a committed record: HEAD moved, the code did not
+
+    (tmp_path / "golf" / "m.py").write_text("x = 2\n")
+    v_dirty = P.code_version(tmp_path)
+    assert v_dirty != v0
+    git("commit", "-qam", "edit")
+    v1 = P.code_version(tmp_path)
+    assert v1 not in (v0, None)
+    (tmp_path / "golf" / "new.py").write_text("y = 1\n")  # a new module, not yet added
+    v_new = P.code_version(tmp_path)
+    assert v_new != v1
+    (tmp_path / "golf" / "new.py").write_text("y = 2\n")
+    assert P.code_version(tmp_path) != v_new
+
 def test_verify_artifact_and_rebuild(ws, monkeypatch, capsys):
     dest = submit(FakeStages(), name="v", seeds="1,2", track="t")
     art = next((ws / "runs").glob("v_*_s1")) / "model.ptz"
