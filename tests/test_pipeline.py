@@ -245,14 +245,14 @@ def test_cache_key_depends_on_config_seed_and_code():
     assert P.cache_key(h1, "c1") != P.cache_key(P.resolve_config("tiny", {"num_layers": 2}, 1, "a"), "c1")
 
 
-
-def test_code_version_ignores_committed_records_but_not_code(tmp_path):
+def test_code_version_ignores_committed_records_but_not_code(tmp_path, monkeypatch):
     """Committing a record must not invalidate the cache (the next ablation reuses its A arm);
     any change to the code, committed or not, must."""
     def git(*args):
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
                        capture_output=True)
 
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # never find a repository above
     assert P.code_version(tmp_path) is None  # not a repository: no cache rather than a wrong hit
     (tmp_path / "golf").mkdir()
     (tmp_path / "golf" / "m.py").write_text("x = 1\n")
@@ -280,6 +280,7 @@ def test_code_version_ignores_committed_records_but_not_code(tmp_path):
     assert v_new != v1
     (tmp_path / "golf" / "new.py").write_text("y = 2\n")
     assert P.code_version(tmp_path) != v_new
+
 
 def test_verify_artifact_and_rebuild(ws, monkeypatch, capsys):
     dest = submit(FakeStages(), name="v", seeds="1,2", track="t")
