@@ -4,15 +4,23 @@ Shard (the challenge's format): 256 little-endian int32 header [20240520, 1, num
 followed by num_tokens little-endian uint16 token ids; every document is BOS (id 1) + its tokens.
 
 A data folder (what `make data` writes, what training/eval read):
-    manifest.json                 sources + hashes, tokenizer {kind, file, sha256, vocab_size}, counts
+    manifest.json                 sources + hashes, tokenizer {kind, file, sha256, vocab_size}, and per
+                                  split its shard files, each with its token count and sha256
     tokenizer.model | tokenizer.json
-    <name>_train_000000.bin ...   <name>_val_000000.bin ...
+    fineweb_train_000000.bin ...  fineweb_val_000000.bin ...
+
+A split is the manifest's list of files, never a filename pattern: `<corpus>_train_*.bin` once
+matched `wiki_train_00_val_000000.bin` and trained on the validation text (golf issue 13). Shards get
+the challenge's fixed names whatever the corpus is called, so no corpus name can make two splits
+collide and the challenge's own scripts read a golf folder as it is. A folder without golf's
+manifest (the challenge's download) is read by exactly those names.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -109,15 +117,101 @@ def read_manifest(data_path: str | os.PathLike) -> dict:
     return manifest
 
 
+def shard_name(split: str, index: int) -> str:
+    """A shard's file name: the challenge's (`fineweb_train_000000.bin`), whatever the corpus."""
+    return f"fineweb_{split}_{index:06d}.bin"
+
+
+def _manifest_split(data_path: Path, manifest: dict, split: str) -> list[Path]:
+    """A split's files as the manifest lists them, each checked against its header's token count."""
+    mpath = data_path / "manifest.json"
+    fix = f"re-create the folder with `make data` (or `make data-fineweb`)"
+    entry = (manifest.get("splits") or {}).get(split)
+    if entry is None or (isinstance(entry, dict) and not entry.get("files") and not entry.get("tokens")):
+        return []  # the folder has no such split (an eval-only folder has no train split)
+    if not isinstance(entry, dict) or not isinstance(entry.get("files"), list) or not entry["files"]:
+        raise GolfError(f"{mpath}: splits.{split} lists no shard files; {fix}")
+    files, total = [], 0
+    for item in entry["files"]:
+        # golf-data-1 listed bare names; golf-data-2 lists {name, tokens, sha256}
+        name, want = (item, None) if isinstance(item, str) else (item.get("name"), item.get("tokens"))
+        if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
+            raise GolfError(f"{mpath}: {split} shard entry {item!r} is not a plain file name in the folder; {fix}")
+        path = data_path / name
+        n = read_header(path)
+        if want is not None and n != int(want):
+            raise GolfError(f"{path} holds {n:,} tokens but {mpath} says {int(want):,}: the folder changed after it "
+                            f"was written; {fix}")
+        files.append(path)
+        total += n
+    if entry.get("tokens") is not None and total != int(entry["tokens"]):
+        raise GolfError(f"the {split} shards of {data_path} hold {total:,} tokens but {mpath} says "
+                        f"{int(entry['tokens']):,}; {fix}")
+    return files
+
+
+def split_layout(data_path: str | os.PathLike) -> dict[str, list[Path]]:
+    """Both splits' shard files, checked before any work: taken from golf's manifest (else the
+    challenge's names `fineweb_{train,val}_*.bin`), token counts equal to the manifest's, and no file
+    in both splits (compared by inode too, so links cannot smuggle one in)."""
+    data_path = Path(data_path)
+    if not data_path.is_dir():
+        raise GolfError(f"data folder {data_path} not found; run `make data` or set DATA_PATH to a prepared folder")
+    if (data_path / "manifest.json").is_file():
+        manifest = read_manifest(data_path)
+        layout = {s: _manifest_split(data_path, manifest, s) for s in SPLITS}
+    else:
+        # exactly the challenge's numbered names: `fineweb_train_val_000000.bin` belongs to no split
+        layout = {s: sorted(f for f in data_path.glob(f"fineweb_{s}_*.bin") if re.fullmatch(rf"fineweb_{s}_\d+\.bin", f.name))
+                  for s in SPLITS}
+        for f in layout["train"] + layout["val"]:
+            read_header(f)
+    seen = {}
+    for s in SPLITS:
+        for f in layout[s]:
+            st = f.stat()
+            key = (st.st_dev, st.st_ino)
+            if key in seen and seen[key][0] != s:
+                raise GolfError(f"{data_path}: {f.name} ({s}) is the same file as {seen[key][1].name} "
+                                f"({seen[key][0]}): the train and val splits must not share shards; re-create the "
+                                f"folder with `make data`")
+            seen[key] = (s, f)
+    return layout
+
+
 def shard_files(data_path: str | os.PathLike, split: str) -> list[Path]:
+    """One split's shard files (see split_layout: the manifest's list, checked)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    data_path = Path(data_path)
-    files = sorted(data_path.glob(f"*_{split}_*.bin"))
+    files = split_layout(data_path)[split]
     if not files:
-        raise GolfError(f"no {split} shards (*_{split}_*.bin) in {data_path}; run `make data` or set DATA_PATH "
-                        f"to a prepared data folder")
+        where = ("its manifest.json lists none" if (Path(data_path) / "manifest.json").is_file()
+                 else f"it has no manifest.json and no fineweb_{split}_NNNNNN.bin (the challenge's names)")
+        raise GolfError(f"no {split} shards in {data_path}: {where}; run `make data` or set DATA_PATH to a "
+                        f"prepared data folder")
     return files
+
+
+def split_tokens(data_path: str | os.PathLike, split: str) -> int:
+    return sum(read_header(f) for f in shard_files(data_path, split))
+
+
+def check_data_folder(data_path: str | os.PathLike) -> dict:
+    """split_layout plus every shard's sha256 against the manifest (reads every byte)."""
+    from golf.utils import sha256_file
+
+    data_path = Path(data_path)
+    layout = split_layout(data_path)
+    manifest = read_manifest(data_path) if (data_path / "manifest.json").is_file() else {}
+    for s in SPLITS:
+        for item in (manifest.get("splits", {}).get(s, {}).get("files") or []):
+            if isinstance(item, dict) and item.get("sha256"):
+                have = sha256_file(data_path / item["name"])
+                if have != item["sha256"]:
+                    raise GolfError(f"{data_path / item['name']}: sha256 {have[:12]}… but the manifest says "
+                                    f"{item['sha256'][:12]}…; re-create the folder with `make data`")
+    return {s: {"files": [f.name for f in layout[s]], "tokens": sum(read_header(f) for f in layout[s])}
+            for s in SPLITS if layout[s]}
 
 
 def manifest_vocab_size(data_path: str | os.PathLike) -> int | None:
@@ -227,13 +321,13 @@ def _encode_chunk(job):
 
 
 class ShardWriter:
-    """Buffers a split's tokens and writes full shards `<name>_<split>_NNNNNN.bin` as they fill."""
+    """Buffers a split's tokens and writes full shards `fineweb_<split>_NNNNNN.bin` as they fill."""
 
-    def __init__(self, folder: Path, name: str, split: str, shard_tokens: int):
-        self.folder, self.name, self.split, self.shard_tokens = folder, name, split, shard_tokens
+    def __init__(self, folder: Path, split: str, shard_tokens: int):
+        self.folder, self.split, self.shard_tokens = folder, split, shard_tokens
         self.buf = np.empty(shard_tokens, dtype=np.uint16)
         self.fill = 0
-        self.files: list[str] = []
+        self.files: list[dict] = []
         self.tokens = self.docs = self.text_bytes = 0
         self.max_id = -1
 
@@ -254,9 +348,12 @@ class ShardWriter:
 
     def flush(self) -> None:
         if self.fill:
-            fname = f"{self.name}_{self.split}_{len(self.files):06d}.bin"
-            write_shard(self.folder / fname, self.buf[: self.fill])
-            self.files.append(fname)
+            import hashlib
+
+            fname = shard_name(self.split, len(self.files))
+            path = write_shard(self.folder / fname, self.buf[: self.fill])
+            self.files.append({"name": fname, "tokens": int(self.fill),
+                               "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
             self.fill = 0
 
     def summary(self) -> dict:
@@ -304,7 +401,7 @@ def write_data_folder(out: str | os.PathLike, tokenizer, splits, name: str,
     out = Path(out)
     with atomic_dir(out, exist_ok=True) as tmp:
         tok_file = save_tokenizer(tokenizer, tmp).name
-        writers = {s: ShardWriter(tmp, name, s, shard_tokens) for s in SPLITS}
+        writers = {s: ShardWriter(tmp, s, shard_tokens) for s in SPLITS}
         if isinstance(splits, dict):
             stream = ((s, text) for s, docs in splits.items() for text in docs)
         else:
@@ -329,7 +426,7 @@ def write_data_folder(out: str | os.PathLike, tokenizer, splits, name: str,
             if w.max_id >= tokenizer.vocab_size:
                 raise GolfError(f"tokenizer produced id {w.max_id} >= its vocab {tokenizer.vocab_size} (corrupt model?)")
         manifest = {
-            "format": "golf-data-1",
+            "format": "golf-data-2",
             "name": name,
             "created_by": f"golf.data (commit {git_commit()})",
             "tokenizer": {"kind": tokenizer.kind, "file": tok_file, "sha256": tokenizer.sha256,
@@ -341,6 +438,7 @@ def write_data_folder(out: str | os.PathLike, tokenizer, splits, name: str,
             "seconds": round(time.time() - t0, 2),
         }
         atomic_write_json(tmp / "manifest.json", manifest)
+        split_layout(tmp)  # the folder reads back as written: disjoint splits, the manifest's counts
     return manifest
 
 
@@ -417,7 +515,8 @@ def prepare(corpus: str = "shakespeare", val: str = "", tokenizer: str = "sp", v
             old = read_manifest(out)
         except GolfError:
             old = {}
-        if (old.get("settings") == settings and old.get("corpus", {}).get("sources") == corpus_sources
+        # golf-data-1 folders named shards after the corpus (issue 13): re-made with fixed names
+        if (old.get("format") == "golf-data-2" and old.get("settings") == settings and old.get("corpus", {}).get("sources") == corpus_sources
                 and (old.get("val_corpus") or {}).get("sources") == val_sources):
             print(f"{out} is up to date (same sources and settings); --force rebuilds it", flush=True)
             return old
@@ -503,6 +602,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--force", action="store_true", help="rebuild even if the folder is already up to date")
     p = sub.add_parser("info", help="print a data folder's manifest summary")
     p.add_argument("data_path")
+    p = sub.add_parser("check", help="check a data folder: disjoint splits, token counts, every shard's sha256")
+    p.add_argument("data_path")
     args = parser.parse_args(argv)
 
     @main_guard
@@ -512,6 +613,9 @@ def main(argv: list[str] | None = None) -> None:
                     out=args.out or None, text_field=args.text_field, val_frac=args.val_frac,
                     workers=args.workers, shard_tokens=args.shard_tokens,
                     tokenizer_sample_bytes=int(args.tokenizer_sample_mb * 1e6), force=args.force)
+        elif args.cmd == "check":
+            json.dump(check_data_folder(args.data_path), sys.stdout, indent=2)
+            print(f"\n{args.data_path}: OK")
         else:
             m = read_manifest(args.data_path)
             json.dump({k: m.get(k) for k in ("name", "tokenizer", "splits")}, sys.stdout, indent=2)

@@ -138,11 +138,12 @@ def download(variant: str = "sp1024", train_shards: int = 1, local_dir: str | os
     tok = load_tokenizer(out / contract)
 
     def split_info(remotes):
-        files = [Path(r).name for r in remotes]
-        return {"files": files, "tokens": sum(read_header(out / f) for f in files), "docs": None, "text_bytes": None}
+        files = [{"name": Path(r).name, "tokens": read_header(out / Path(r).name),
+                  "sha256": sha256_file(out / Path(r).name)} for r in remotes]
+        return {"files": files, "tokens": sum(f["tokens"] for f in files), "docs": None, "text_bytes": None}
 
     golf_manifest = {
-        "format": "golf-data-1",
+        "format": "golf-data-2",
         "name": "fineweb",
         "tokenizer": {"kind": tok.kind, "file": contract, "sha256": sha256_file(out / contract),
                       "vocab_size": tok.vocab_size, "bos_id": tok.bos_id},

@@ -51,17 +51,25 @@ def scan(records_dir: Path) -> tuple[dict[str, list[dict]], list[tuple[Path, lis
     invalid: list[tuple[Path, list[str]]] = []
     ablations: list[dict] = []
     root = Path(records_dir)
-    for track_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    tracks = (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != R.MANIFESTS)
+    for track_dir in sorted(tracks):
         for folder in sorted(p for p in track_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if track_dir.name == R.ABLATIONS_TRACK:
                 try:
                     rec = json.loads((folder / "ablation.json").read_text(encoding="utf-8"))
                     figures = {arm: arm_figures(folder, arm) for arm in ("A", "B")}
-                    ablations.append({**rec, "_folder": folder, "_figures": figures})
                 except (OSError, ValueError) as e:
                     invalid.append((folder, [f"ablation.json unreadable ({e})"]))
+                    continue
+                leak = R.data_leak_problems(root, folder, rec.get("data"))
+                if leak:
+                    invalid.append((folder, leak))
+                else:
+                    ablations.append({**rec, "_folder": folder, "_figures": figures})
                 continue
             sub, problems = R.validate_record(folder)
+            if isinstance(sub, dict):
+                problems = problems + R.data_leak_problems(root, folder, sub.get("data"))
             if problems:
                 invalid.append((folder, problems))
             else:

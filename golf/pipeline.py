@@ -35,6 +35,7 @@ from typing import Any, Sequence
 
 from golf import records as R
 from golf import stats
+from golf.data import split_layout
 from golf.config import PRESETS, Hyperparameters, apply_overrides, check_name, from_dict, load_config, parse_cli, parse_env
 from golf.utils import (
     GolfError, atomic_dir, atomic_write_json, atomic_write_text, device_description, git_commit, main_guard,
@@ -194,11 +195,13 @@ def default_preset() -> str:
 def ensure_data(h: Hyperparameters, stages: Stages, log: Path) -> None:
     p = Path(h.data_path)
     if (p / "manifest.json").is_file():
+        split_layout(p)  # before any training: the splits are the manifest's, disjoint, counts matching
         return
     if p == Path(DEFAULT_DATA_PATH):
         say(f"{p} not found: preparing the default corpus (python -m golf.data prepare)")
         stages.prepare_data(config_env(h), log)
         if (p / "manifest.json").is_file():
+            split_layout(p)
             return
         raise GolfError(f"data preparation finished but {p}/manifest.json is missing; see {log}")
     raise GolfError(
@@ -492,7 +495,7 @@ def submit(
         "nproc": int(os.environ.get("NPROC", "1") or 1),
         "train_seconds": stats.mean([float(r["train_seconds"] or 0) for r in results]),
         "eval_seconds": stats.mean([float(r["eval_seconds"] or 0) for r in results]),
-        "data": {"path": base.data_path, "manifest_sha256": manifest_hash(base)},
+        "data": R.store_manifest(Path(records_dir), base.data_path),
         "run_ids": [r.run_id for r in runs],
         "reused_runs": [r.run_id for r in runs if r.reused],
     }
@@ -588,7 +591,7 @@ def ablate(
         "bars": {"challenge": f">= {stats.CHALLENGE_MIN_NATS} nats better at one-sided paired p < {stats.CHALLENGE_P}",
                  "practice": f"one-sided Welch p < {stats.PRACTICE_P} (B better than A)"},
         "commit": commit, "hardware": device_description(),
-        "data": {"path": cfg_a.data_path, "manifest_sha256": manifest_hash(cfg_a)},
+        "data": R.store_manifest(Path(records_dir), cfg_a.data_path),
     }
     with atomic_dir(dest) as tmp:
         files = []

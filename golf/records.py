@@ -9,6 +9,10 @@ A record is a folder `records/<track>/<YYYY-MM-DD>_<name>/` holding
 It never holds the weights or a copy of the code: `commit` + `config` pin them, and
 `make bundle RECORD=...` regenerates the single-file submission.
 
+The data manifest a record pins (by sha256) is kept beside the records, in
+`records/manifests/<data folder>/<sha256>.json`, so the leaderboard can check every run's logged
+`train_tokens` against the training split it should have read.
+
 Tracks keep comparable numbers together (same hardware class, preset and validation data):
   track_10min_16mb      the challenge's track: record preset, 8xH100, FineWeb data
   cpu_tiny              the default CPU job (tiny preset, default Shakespeare corpus)
@@ -23,11 +27,13 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from golf.utils import GolfError
+from golf.data import SPLITS, read_manifest, split_tokens
+from golf.utils import GolfError, atomic_write_bytes, sha256_file
 
 BYTES_CAP = 16_000_000  # decimal bytes: compressed model + code (challenge rule)
 ABLATIONS_TRACK = "ablations"
 CHALLENGE_TRACK = "track_10min_16mb"
+MANIFESTS = "manifests"  # not a track: the data manifests records pin
 CHALLENGE_FIELDS = ("author", "github_id", "name", "blurb", "date", "val_loss", "val_bpb", "bytes_total", "bytes_code")
 SEED_FIELDS = ("seed", "val_loss", "val_bpb", "bytes_total")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
@@ -290,3 +296,70 @@ def validate_record(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
         if not (folder / f).is_file():
             problems.append(f"{f} is missing")
     return sub, problems
+
+
+# ---------------------------------------------------------------------------------------------
+# the data a record's runs read
+
+
+def store_manifest(records_dir: Path, data_path: str | Path) -> dict[str, Any]:
+    """Keep the data folder's manifest under records/manifests/<folder>/<sha256>.json (never
+    overwritten: the name is its content's hash) and return the record's `data` entry."""
+    data_path = Path(data_path)
+    mpath = data_path / "manifest.json"
+    if not mpath.is_file():
+        return {"path": str(data_path), "manifest_sha256": ""}
+    read_manifest(data_path)
+    sha = sha256_file(mpath)
+    dest = Path(records_dir) / MANIFESTS / data_path.name / f"{sha}.json"
+    if not dest.is_file():
+        atomic_write_bytes(dest, mpath.read_bytes())
+    return {"path": str(data_path), "manifest_sha256": sha,
+            "split_tokens": {s: split_tokens(data_path, s) for s in SPLITS}}
+
+
+def find_manifest(records_dir: Path, data: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """The manifest a record's `data` entry pins -> (manifest or None, where it came from).
+
+    By sha256: records/manifests/, then the data folder itself. A record written before manifests
+    were kept pins one that is not stored; then a stored manifest of the same data folder name is
+    used and the source says so (a folder re-made from the same corpus and settings has the same
+    splits)."""
+    sha, path = str(data.get("manifest_sha256") or ""), Path(str(data.get("path") or ""))
+    store = Path(records_dir) / MANIFESTS / path.name
+    for cand in ([store / f"{sha}.json", path / "manifest.json"] if sha else []):
+        if cand.is_file() and sha256_file(cand) == sha:
+            return json.loads(cand.read_text(encoding="utf-8")), cand.as_posix()
+    others = sorted(store.glob("*.json")) if path.name else []
+    if others:
+        return (json.loads(others[-1].read_text(encoding="utf-8")),
+                f"{others[-1].as_posix()} (the record's own manifest {sha[:12]}… is not stored; same data folder)")
+    return None, ""
+
+
+_TRAIN_TOKENS = re.compile(r"^train_tokens:(\d+)", re.M)
+
+
+def data_leak_problems(records_dir: Path, folder: Path, data: dict[str, Any] | None) -> list[str]:
+    """Problems if a run's logged train_tokens differs from its manifest's training split: the
+    loader read shards of another split (golf issue 13: a filename glob read validation as training)."""
+    if not isinstance(data, dict):
+        return []
+    manifest, source = find_manifest(records_dir, data)
+    if manifest is None:
+        return []
+    splits = manifest.get("splits") or {}
+    try:
+        train, val = int(splits["train"]["tokens"]), int(splits["val"]["tokens"])
+    except (KeyError, TypeError, ValueError):
+        return [f"data manifest {source} has no split token counts"]
+    problems = []
+    for log in sorted(Path(folder).glob("*train_seed*.log")):
+        m = _TRAIN_TOKENS.search(log.read_text(encoding="utf-8", errors="replace"))
+        if m is None or int(m.group(1)) == train:
+            continue
+        got = int(m.group(1))
+        why = (f"train {train:,} + val {val:,}: the validation shards were read as training data"
+               if got == train + val else f"the manifest's train split holds {train:,}")
+        problems.append(f"{log.name}: training read {got:,} tokens, {why} (manifest {source})")
+    return problems

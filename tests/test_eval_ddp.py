@@ -15,6 +15,7 @@ from golf.bpb import build_luts
 from golf.eval import evaluate_bpb
 from golf.tokenizer import ByteTokenizer
 
+from datakit import token_folder
 from distkit import free_port, start_ranks, wait_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,12 +68,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     toks = rng.integers(4, 260, size=203).astype(np.uint16)  # 202 targets: not a multiple of any stride
     toks[::37] = tok.bos_id
     np.save(tmp_path / "toks.npy", toks)
-    data = tmp_path / "data"
-    data.mkdir()
-    tok.save(data / "tokenizer.json")
-    write_shard(data / "t_val_000000.bin", toks)
-    atomic_write_json(data / "manifest.json", {"tokenizer": {"kind": "byte", "file": "tokenizer.json",
-                                                             "sha256": tok.sha256, "vocab_size": 260}})
+    data = token_folder(tmp_path / "data", tok, val=toks)
     torch.manual_seed(0)
     art = tmp_path / "model.ptz"
     save_artifact(art, GPT(cfg), h, tok.sha256)

@@ -12,10 +12,12 @@ import torch
 import eval_bpb
 from golf.bpb import build_luts
 from golf.config import load_config
-from golf.data import write_shard
+from golf.data import shard_files
 from golf.eval import evaluate_bpb
 from golf.eval_report import build_report, plot_bpb_vs_position, summary
 from golf.tokenizer import ByteTokenizer
+
+from datakit import token_folder
 from golf.utils import atomic_write_json
 
 torch.set_num_threads(1)
@@ -25,17 +27,11 @@ TEXT = ("It was the best of times, it was the worst of times. Ça m'est égal �
 
 def _data_folder(root: Path, n_docs: int = 12, sha: str | None = None, vocab: int | None = None) -> Path:
     tok = ByteTokenizer()
-    d = root / "data"
-    d.mkdir(parents=True, exist_ok=True)
-    tok.save(d / "tokenizer.json")
     val = []
     for i in range(n_docs):
         val += [tok.bos_id] + tok.encode(f"{i}: " + TEXT[i:])
-    write_shard(d / "test_val_000000.bin", np.asarray(val, dtype=np.uint16))
-    write_shard(d / "test_train_000000.bin", np.asarray(val[:100], dtype=np.uint16))
-    atomic_write_json(d / "manifest.json", {"tokenizer": {
-        "kind": "byte", "file": "tokenizer.json", "sha256": sha or tok.sha256, "vocab_size": vocab or tok.vocab_size}})
-    return d
+    return token_folder(root / "data", tok, tokenizer_sha=sha, vocab_size=vocab,
+                        val=np.asarray(val), train=np.asarray(val[:100]))
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +62,7 @@ def test_cli_end_to_end_report_and_plot(setup):
     rep = json.loads(out.read_text())
     # defaults come from the artifact's config: EVAL_SEQ_LEN = TRAIN_SEQ_LEN, EVAL_STRIDE, EVAL_BATCH_WINDOWS
     assert (rep["seq_len"], rep["stride"], rep["batch_windows"]) == (64, 16, 8)
-    val = np.fromfile(next(data.glob("*_val_*.bin")), dtype=np.uint16, offset=1024)
+    val = np.fromfile(shard_files(data, "val")[0], dtype=np.uint16, offset=1024)
     assert rep["tokens"] == len(val) - 1
     # The CLI scores the *artifact's* model: same numbers as evaluating the loaded artifact directly.
     model, _ = load_artifact(art, "cpu")

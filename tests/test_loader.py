@@ -5,7 +5,10 @@ import torch
 
 from golf.data import write_shard
 from golf.loader import TokenLoader
+from golf.tokenizer import ByteTokenizer
 from golf.utils import GolfError
+
+from datakit import token_folder
 
 
 def shards(sizes=(1000, 37, 2500)):
@@ -58,9 +61,19 @@ def test_ranks_split_the_global_batch():
         assert torch.equal(torch.cat([p[1] for p in parts]), ys)
 
 
-def test_from_data_path_reads_shards(tmp_path):
+def test_from_data_path_reads_the_manifests_train_shards(tmp_path):
+    tok = ByteTokenizer()
+    d = token_folder(tmp_path / "d", tok, train=shards(), val=np.full(500, 7, dtype=np.uint16))
+    ld = TokenLoader.from_data_path(d, None, seq_len=8, local_batch_seqs=2, seed=0)
+    assert ld.total == 3537
+    assert not any((s == 7).all() for s in ld.shards)  # the val shard is not in the stream
+
+
+def test_from_data_path_reads_a_challenge_folder_by_its_names(tmp_path):
     for i, s in enumerate(shards()):
-        write_shard(tmp_path / f"t_train_{i:06d}.bin", s)
+        write_shard(tmp_path / f"fineweb_train_{i:06d}.bin", s)
+    write_shard(tmp_path / "fineweb_val_000000.bin", np.arange(600))
+    write_shard(tmp_path / "other_train_000000.bin", np.arange(50))  # not the challenge's name: not read
     ld = TokenLoader.from_data_path(tmp_path, None, seq_len=8, local_batch_seqs=2, seed=0)
     assert ld.total == 3537
 

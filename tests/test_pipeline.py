@@ -7,14 +7,19 @@ that settings reach the stages.
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from datakit import token_folder
 from golf import pipeline as P
 from golf import records as R
+from golf.data import split_tokens
+from golf.tokenizer import ByteTokenizer
 from golf.utils import GolfError, today
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 class FakeStages(P.Stages):
     echo = False
+    extra_train_tokens = 0  # > 0: the 'loader' reads more than the train split (the issue-13 leak)
 
     def __init__(self, size=1_234_567, fail_on=None):
         super().__init__()
@@ -36,9 +42,7 @@ class FakeStages(P.Stages):
 
     def prepare_data(self, env, log):
         self._maybe_fail("prepare", env)
-        d = Path(env["DATA_PATH"])
-        d.mkdir(parents=True)
-        (d / "manifest.json").write_text(json.dumps({"tokenizer": {"vocab_size": 1024}}))
+        tiny_folder(Path(env["DATA_PATH"]))
 
     def train(self, env, run_dir, log):
         self._maybe_fail("train", env)
@@ -47,7 +51,9 @@ class FakeStages(P.Stages):
         loss = 3.0 - 0.05 * int(env["NUM_LAYERS"]) + 0.01 * (seed % 5) - 0.02 * (int(env["NUM_MEMORY_TOKENS"]) > 0)
         cfg = {k.lower(): v for k, v in env.items() if k.lower() in P.Hyperparameters.__dataclass_fields__}
         (run_dir / "final.pt").write_text(json.dumps({"loss": loss}))
-        (run_dir / "train.log").write_text("# fake\nconfig:" + json.dumps(cfg) + f"\nstep:10 train_loss:{loss + 1}\n")
+        train_tokens = split_tokens(env["DATA_PATH"], "train") + self.extra_train_tokens
+        (run_dir / "train.log").write_text("# fake\nconfig:" + json.dumps(cfg) + f"\ntrain_tokens:{train_tokens}\n"
+                                           f"step:10 train_loss:{loss + 1}\n")
         hist = [{"step": s, "train_loss": loss + 1 / s} for s in range(1, 11)]
         (run_dir / "metrics.json").write_text(json.dumps({"steps": 10, "train_seconds": 1.5, "history": hist,
                                                           "val_bpb_roundtrip": loss / math.log(2) * 0.4 + 0.01}))
@@ -78,10 +84,12 @@ def ws(tmp_path, monkeypatch):
     for k in list(os.environ):
         if k in ("PRESET", "SEED", "NUM_LAYERS", "NPROC"):
             monkeypatch.delenv(k)
-    d = tmp_path / P.DEFAULT_DATA_PATH
-    d.mkdir(parents=True)
-    (d / "manifest.json").write_text("{}")
+    tiny_folder(tmp_path / P.DEFAULT_DATA_PATH)
     return tmp_path
+
+
+def tiny_folder(d: Path) -> Path:
+    return token_folder(d, ByteTokenizer(), train=np.arange(4, 260), val=np.arange(4, 104))
 
 
 def submit(stages, **kw):
@@ -112,6 +120,36 @@ def test_submit_writes_a_complete_valid_record(ws):
     readme = (dest / "README.md").read_text()
     assert "make train-and-submit NAME=memtok PRESET=tiny SEEDS=1,2 NUM_LAYERS=3" in readme
     assert "memory tokens" in readme and "BigramHash" in readme
+
+
+def test_leaderboard_invalidates_records_whose_runs_read_val_in_training(ws):
+    from golf import leaderboard as L
+
+    ok = submit(FakeStages(), name="honest", seeds="1")
+    leaky = FakeStages()
+    leaky.extra_train_tokens = split_tokens(P.DEFAULT_DATA_PATH, "val")
+    bad = submit(leaky, name="leaky", seeds="2,3")  # seed 1 would come from the run cache
+    sub = json.loads((ok / "submission.json").read_text())
+    stored = ws / "records" / R.MANIFESTS / Path(P.DEFAULT_DATA_PATH).name / f"{sub['data']['manifest_sha256']}.json"
+    assert stored.is_file() and sub["data"]["split_tokens"] == {"train": 256, "val": 100}
+    valid, invalid, _ = L.scan(ws / "records")
+    assert [s["name"] for rows in valid.values() for s in rows] == ["honest"]
+    assert [f.name for f, _ in invalid] == [bad.name]
+    why = "; ".join(invalid[0][1])
+    assert "train_seed2.log: training read 356 tokens, train 256 + val 100" in why and "seed3" in why
+    # a record whose pinned manifest is not stored is checked against a stored one of the same folder
+    shutil.rmtree(Path(P.DEFAULT_DATA_PATH))
+    tiny_folder(Path(P.DEFAULT_DATA_PATH))
+    (Path(P.DEFAULT_DATA_PATH) / "manifest.json").write_text(
+        (Path(P.DEFAULT_DATA_PATH) / "manifest.json").read_text() + "\n")  # another sha, same splits
+    stored.rename(stored.with_name("0" * 64 + ".json"))
+    _, invalid, _ = L.scan(ws / "records")
+    assert [f.name for f, _ in invalid] == [bad.name] and "is not stored; same data folder" in invalid[0][1][0]
+    # and an ablation whose runs leaked is listed invalid, not in the ablations table
+    ab = P.ablate(name="leakab", a="", b="NUM_LAYERS=3", seeds="2,3", stages=leaky,
+                  records_dir="records", preset="tiny")
+    _, invalid, ablations = L.scan(ws / "records")
+    assert ab.name in [f.name for f, _ in invalid] and not ablations
 
 
 def test_default_track_and_name(ws):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from golf.config import load_config
+from golf.data import read_manifest
 from golf.utils import GolfError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,6 +95,7 @@ def test_resume_after_sigterm_is_identical(byte_data_dir, tmp_path):
     assert 0 < m["val_bpb"] < 8 and m["val_bpb"] == ref["val_bpb"]
     assert m["history"][0]["train_loss"] > m["history"][TINY["iterations"] - 1]["train_loss"] + 0.5  # it learns
     text = (out / "ref" / "train.log").read_text()
+    assert f"train_tokens:{read_manifest(byte_data_dir)['splits']['train']['tokens']} " in text  # the train split only
     for key in ("commit:", "versions:", "device:", "config:", "step:30 train_loss:", "lr_scale:", "ms_step:",
                 "tok_s:", "val_loss:", "val_bpb:"):
         assert key in text, key
