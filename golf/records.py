@@ -329,11 +329,11 @@ def find_manifest(records_dir: Path, data: dict[str, Any]) -> tuple[dict[str, An
     store = Path(records_dir) / MANIFESTS / path.name
     for cand in ([store / f"{sha}.json", path / "manifest.json"] if sha else []):
         if cand.is_file() and sha256_file(cand) == sha:
-            return json.loads(cand.read_text(encoding="utf-8")), cand.as_posix()
+            return json.loads(cand.read_text(encoding="utf-8")), f"{cand.parent.name}/{cand.name[:12]}…"
     others = sorted(store.glob("*.json")) if path.name else []
     if others:
         return (json.loads(others[-1].read_text(encoding="utf-8")),
-                f"{others[-1].as_posix()} (the record's own manifest {sha[:12]}… is not stored; same data folder)")
+                f"{path.name}/{others[-1].name[:12]}…; the record's own {sha[:12]}… is not stored; same data folder")
     return None, ""
 
 
@@ -353,13 +353,14 @@ def data_leak_problems(records_dir: Path, folder: Path, data: dict[str, Any] | N
         train, val = int(splits["train"]["tokens"]), int(splits["val"]["tokens"])
     except (KeyError, TypeError, ValueError):
         return [f"data manifest {source} has no split token counts"]
-    problems = []
+    by_count: dict[int, list[str]] = {}
     for log in sorted(Path(folder).glob("*train_seed*.log")):
         m = _TRAIN_TOKENS.search(log.read_text(encoding="utf-8", errors="replace"))
-        if m is None or int(m.group(1)) == train:
-            continue
-        got = int(m.group(1))
+        if m is not None and int(m.group(1)) != train:
+            by_count.setdefault(int(m.group(1)), []).append(log.name)
+    problems = []
+    for got, logs in sorted(by_count.items()):
         why = (f"train {train:,} + val {val:,}: the validation shards were read as training data"
                if got == train + val else f"the manifest's train split holds {train:,}")
-        problems.append(f"{log.name}: training read {got:,} tokens, {why} (manifest {source})")
+        problems.append(f"{', '.join(logs)}: training read {got:,} tokens, {why} (manifest {source})")
     return problems
