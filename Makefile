@@ -43,11 +43,11 @@ install: .deps.stamp
 	@touch $@
 
 data: install
-	$(PY) -m golf.data prepare --corpus "$(CORPUS)" --val "$(VAL)" --tokenizer $(TOKENIZER) \
+	$(PY) -m golf.data.prepare --corpus "$(CORPUS)" --val "$(VAL)" --tokenizer $(TOKENIZER) \
 	    --vocab-size $(VOCAB_SIZE) --text-field "$(TEXT_FIELD)" $(if $(DATA_OUT),--out "$(DATA_OUT)")
 
 data-fineweb: install
-	$(PY) -m golf.fineweb --variant $(VARIANT) --train-shards $(TRAIN_SHARDS)
+	$(PY) -m golf.data.fineweb --variant $(VARIANT) --train-shards $(TRAIN_SHARDS)
 
 train: install
 	$(PY) train_gpt.py

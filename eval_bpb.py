@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from golf.utils import GolfError, main_guard
+from golf.core.utils import GolfError, main_guard
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,9 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def audit(args: argparse.Namespace) -> int:
     import itertools
 
-    from golf.bpb import audit_bytes
-    from golf.corpus import iter_documents
-    from golf.tokenizer import load_tokenizer
+    from golf.data.bpb import audit_bytes
+    from golf.data.corpus import iter_documents
+    from golf.data.tokenizer import load_tokenizer
 
     if not args.tokenizer or not args.text:
         raise GolfError("--audit-bytes needs --tokenizer PATH and --text FILE")
@@ -63,7 +63,7 @@ def audit(args: argparse.Namespace) -> int:
         print("mismatch:" + json.dumps(m, ensure_ascii=False))
     if not res["ok"]:
         print(f"error: LUT byte count {res['lut_bytes']} != decoded UTF-8 bytes {res['decoded_bytes']}; "
-              f"BPB from these LUTs would be wrong (golf/bpb.py, {args.tokenizer})", file=sys.stderr)
+              f"BPB from these LUTs would be wrong (golf/data/bpb.py, {args.tokenizer})", file=sys.stderr)
     return 0 if res["ok"] else 1
 
 

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from golf.utils import main_guard
+from golf.core.utils import main_guard
 
 
 @main_guard

@@ -1,14 +1,14 @@
 """Train a golf model: `python train_gpt.py [--setting value ...]` or
-`torchrun --nproc_per_node=N train_gpt.py ...`. Settings: golf/config.py (env names work too, e.g.
+`torchrun --nproc_per_node=N train_gpt.py ...`. Settings: golf/core/config.py (env names work too, e.g.
 NUM_LAYERS=10 python train_gpt.py). Writes runs/<RUN_ID>/{train.log, ckpt.pt, final.pt, metrics.json}."""
 import sys
 
-from golf.utils import main_guard
+from golf.core.utils import main_guard
 
 
 @main_guard
 def main() -> None:
-    from golf.config import load_config
+    from golf.core.config import load_config
     from golf.train import train
 
     h = load_config(sys.argv[1:])

@@ -43,7 +43,7 @@ from torch import nn
 
 from golf import pack as packing_mod
 from golf.quant import FP16, bits_for_tensor, clip_ratios, dequantize_rows, quantize_rows
-from golf.utils import GolfError, atomic_path, git_commit, sha256_bytes
+from golf.core.utils import GolfError, atomic_path, git_commit, sha256_bytes
 
 MAGIC = b"GOLFQZ\r\n"
 FORMAT_VERSION = 1
@@ -363,7 +363,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def model_from_checkpoint(ck: dict[str, Any], path: str | Path = "checkpoint") -> tuple[nn.Module, Any]:
     """(GPT with the checkpoint's export weights, Hyperparameters)."""
-    from golf.config import from_dict
+    from golf.core.config import from_dict
 
     h = from_dict(ck["config"], source=str(path))
     model = _build_gpt(ck["model_config"])
@@ -380,7 +380,7 @@ def quantize_checkpoint(
     checkpoint: str | Path, out: str | Path | None = None, packing: str = "int8", code: str | Path | None = None
 ) -> dict[str, Any]:
     """final.pt -> model.ptz (+ size.json beside it). Returns the size report (bytes_total etc.)."""
-    from golf.utils import atomic_write_json
+    from golf.core.utils import atomic_write_json
 
     checkpoint = Path(checkpoint)
     ck = load_checkpoint(checkpoint)

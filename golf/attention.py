@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from golf.layers import CastedLinear, apply_rotary, rms_norm
 from golf.memory.base import MixerContext, SequenceMixer, register, tag
-from golf.utils import GolfError
+from golf.core.utils import GolfError
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool | None = None) -> Tensor:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from golf.utils import GolfError, atomic_path
+from golf.core.utils import GolfError, atomic_path
 
 
 def rng_state() -> dict[str, Any]:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from golf.utils import GolfError
+from golf.core.utils import GolfError
 
 LN2 = math.log(2.0)
 
@@ -95,7 +95,7 @@ def _summarise(pos_loss: np.ndarray, pos_tok: np.ndarray, pos_bytes: np.ndarray,
     loss_sum, toks, nbytes = float(pos_loss.sum()), int(round(pos_tok.sum())), int(round(pos_bytes.sum()))
     val_loss = loss_sum / max(toks, 1)
     val_bpb = loss_sum / LN2 / max(nbytes, 1)
-    # Columnar, so golf/plots.py and records can read position_bpb["bpb"] as a plain list.
+    # Columnar, so golf/core/plots.py and records can read position_bpb["bpb"] as a plain list.
     cols: dict[str, list] = {"start": [], "end": [], "tokens": [], "bytes": [], "loss": [], "bpb": []}
     for b0 in range(0, seq_len, position_bucket):
         sl = slice(b0, min(b0 + position_bucket, seq_len))
@@ -157,7 +157,7 @@ def evaluate_bpb(
     with torch.compile; `static_batch` (default: = compile) pads the last batch with unscored
     windows so the shape never changes and the compiled graph is reused. all_reduce=False returns
     this rank's share of the sums only (tests; callers that reduce themselves)."""
-    from golf.bpb import token_bytes
+    from golf.data.bpb import token_bytes
 
     device = torch.device(device)
     if batch_windows <= 0:
@@ -252,7 +252,7 @@ def evaluate_bpb_reference(
     window scores seq_len of them, every later one the next `stride` (fewer at the end), each from a
     window that ends at its last scored target. Uses the model's logits (targets=None), not its
     per-token loss, so the two paths share no loss code."""
-    from golf.bpb import token_bytes
+    from golf.data.bpb import token_bytes
 
     device = torch.device(device)
     stream = _as_long_tensor(tokens)
@@ -368,7 +368,7 @@ def check_artifact_matches_data(artifact: str, meta: dict[str, Any], data_path: 
     """The artifact's tokenizer hash and vocab must be those of the data folder's shards."""
     from pathlib import Path
 
-    from golf.data import read_manifest
+    from golf.data.folder import read_manifest
 
     manifest = read_manifest(data_path)
     mpath = Path(data_path) / "manifest.json"
@@ -420,8 +420,8 @@ def evaluate_artifact(
     """Load the artifact (never a training checkpoint), check it against the data folder, evaluate
     the val split. 0 / None settings come from the artifact's config. Returns the JSON report."""
     from golf.artifact import load_artifact
-    from golf.bpb import build_luts
-    from golf.data import load_data_tokenizer, load_split
+    from golf.data.bpb import build_luts
+    from golf.data.folder import load_data_tokenizer, load_split
     from golf.eval_report import build_report
 
     dev = _pick_device(device)

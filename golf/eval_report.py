@@ -11,7 +11,7 @@ import datetime as _dt
 from pathlib import Path
 from typing import Any, Mapping
 
-from golf.utils import atomic_path, atomic_write_json, device_description, git_commit, package_versions
+from golf.core.utils import atomic_path, atomic_write_json, device_description, git_commit, package_versions
 
 HEADLINE = ("val_loss", "val_bpb", "tokens", "bytes", "windows", "seq_len", "stride", "seconds", "tokens_per_s")
 

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from golf.layers import BOS_ID
-from golf.utils import GolfError, main_guard
+from golf.core.utils import GolfError, main_guard
 
 WINDOW = 4  # tokens fed to the embeddings per incremental step (features look back 1 token)
 
@@ -308,7 +308,7 @@ def _checked_prefill(dec: IncrementalDecoder, idx: Tensor, full) -> Tensor | Non
 
 
 def _load_tokenizer(args, meta: dict):
-    from golf.tokenizer import load_tokenizer
+    from golf.data.tokenizer import load_tokenizer
 
     path = args.tokenizer
     if not path:
@@ -316,7 +316,7 @@ def _load_tokenizer(args, meta: dict):
         path = cfg.get("tokenizer_path") or ""
         if not path and cfg.get("data_path"):
             try:
-                from golf.data import tokenizer_path
+                from golf.data.folder import tokenizer_path
 
                 path = str(tokenizer_path(cfg["data_path"]))
             except Exception:

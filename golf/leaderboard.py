@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from golf import records as R
-from golf.utils import GolfError, atomic_write_text, main_guard
+from golf.core.utils import GolfError, atomic_write_text, main_guard
 
 
 def _cell(s: Any) -> str:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from golf.embed import BigramHash, SmearGate
 from golf.layers import BOS_ID, MLP, CastedLinear, Rotary, rms_norm
 from golf.memory.base import MixerContext, build_mechanisms, build_mixer, tag
-from golf.utils import GolfError
+from golf.core.utils import GolfError
 
 TRAINING_ONLY_PREFIXES = ("mtp_heads.",)  # parameters never exported into the artifact
 

@@ -5,7 +5,7 @@
     python -m golf.pipeline verify --record DIR [--artifact PATH] [--seeds S] [--tolerance X]
 
 Each stage is its own entry point run as a subprocess (so `NPROC=8` runs training under torchrun and
-every seed gets its own log): `python -m golf.data prepare`, `train_gpt.py`, `quantize.py`,
+every seed gets its own log): `python -m golf.data.prepare`, `train_gpt.py`, `quantize.py`,
 `eval_bpb.py`. Settings reach them through the environment under the challenge's names
 (NUM_LAYERS=..., SEED, RUN_ID, DATA_PATH, ...): the pipeline resolves the full config once and
 passes all of it, so the record's config is exactly what ran. Training settings come from the
@@ -35,9 +35,9 @@ from typing import Any, Sequence
 
 from golf import records as R
 from golf import stats
-from golf.data import split_layout
-from golf.config import PRESETS, Hyperparameters, apply_overrides, check_name, from_dict, load_config, parse_cli, parse_env
-from golf.utils import (
+from golf.data.folder import split_layout
+from golf.core.config import PRESETS, Hyperparameters, apply_overrides, check_name, from_dict, load_config, parse_cli, parse_env
+from golf.core.utils import (
     GolfError, atomic_dir, atomic_write_json, atomic_write_text, device_description, git_commit, main_guard,
     now_stamp, repo_root, sha256_bytes, sha256_file, today,
 )
@@ -104,7 +104,7 @@ class Stages:
         return [self.py]
 
     def prepare_data(self, env: dict[str, str], log: Path) -> None:
-        run_command([self.py, "-m", "golf.data", "prepare"], env, log, self.echo)
+        run_command([self.py, "-m", "golf.data.prepare"], env, log, self.echo)
 
     def train(self, env: dict[str, str], run_dir: Path, log: Path) -> None:
         run_command(self._launcher(env) + [str(self.root / "train_gpt.py")], env, log, self.echo)
@@ -198,7 +198,7 @@ def ensure_data(h: Hyperparameters, stages: Stages, log: Path) -> None:
         split_layout(p)  # before any training: the splits are the manifest's, disjoint, counts matching
         return
     if p == Path(DEFAULT_DATA_PATH):
-        say(f"{p} not found: preparing the default corpus (python -m golf.data prepare)")
+        say(f"{p} not found: preparing the default corpus (python -m golf.data.prepare)")
         stages.prepare_data(config_env(h), log)
         if (p / "manifest.json").is_file():
             split_layout(p)
@@ -279,7 +279,7 @@ def _first(d: dict[str, Any], *keys: str) -> Any:
 
 
 def logged_config(train_log: Path) -> dict[str, Any] | None:
-    """The `config:{...}` header line golf.utils.RunLog writes: the config the run actually used."""
+    """The `config:{...}` header line golf.core.utils.RunLog writes: the config the run actually used."""
     try:
         with open(train_log, encoding="utf-8", errors="replace") as f:
             for i, line in enumerate(f):
@@ -503,8 +503,7 @@ def submit(
         files = []
         for r in runs:
             files += _copy_seed_files(r, tmp)
-        from golf import plots
-
+        from golf.core import plots
         if plots.loss_curves({f"seed {r.seed}": _history(r) for r in runs}, tmp / "loss_curve.png", title=name):
             files.append("loss_curve.png")
         sub["files"] = ["submission.json", "README.md"] + sorted(files)
@@ -598,8 +597,7 @@ def ablate(
         for arm in ("A", "B"):
             for r in runs[arm]:
                 files += _copy_seed_files(r, tmp, prefix=f"{arm}_")
-        from golf import plots
-
+        from golf.core import plots
         hist = {f"{arm} s{r.seed}": _history(r) for arm in ("A", "B") for r in runs[arm]}
         plots.ablation_plot(seed_list, [r["val_bpb"] for r in ra], [r["val_bpb"] for r in rb], hist,
                             tmp / "ablation.png", title=name)

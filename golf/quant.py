@@ -74,7 +74,7 @@ def bits_for_group(group: str, h_or_cfg: Any) -> int:
     if bits >= FP16 or bits <= 0:
         return FP16
     if not 2 <= bits <= 8:
-        from golf.utils import GolfError
+        from golf.core.utils import GolfError
 
         raise GolfError(f"QUANT_{group.upper()}_BITS={bits}: supported widths are 2..8 (or 16 = fp16)")
     return bits
@@ -117,7 +117,7 @@ def clip_ratios(h_or_cfg: Any) -> tuple[float, ...]:
     except ValueError:
         ratios = ()
     if not ratios or not all(0.0 < r <= 1.0 for r in ratios):
-        from golf.utils import GolfError
+        from golf.core.utils import GolfError
 
         raise GolfError(f"QUANT_CLIP_RATIOS={spec!r}: give comma-separated ratios of the row abs-max in (0, 1], "
                         "e.g. 1.0,0.95,0.9 (1.0 alone = plain abs-max scaling)")

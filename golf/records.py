@@ -27,8 +27,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from golf.data import SPLITS, read_manifest, split_tokens
-from golf.utils import GolfError, atomic_write_bytes, sha256_file
+from golf.data.folder import SPLITS, read_manifest, split_tokens
+from golf.core.utils import GolfError, atomic_write_bytes, sha256_file
 
 BYTES_CAP = 16_000_000  # decimal bytes: compressed model + code (challenge rule)
 ABLATIONS_TRACK = "ablations"
@@ -148,7 +148,7 @@ def techniques(cfg: dict[str, Any]) -> list[str]:
 
 def non_default_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     """Settings of `cfg` that differ from its preset (what a reproduce command must pass)."""
-    from golf.config import load_config
+    from golf.core.config import load_config
 
     base = load_config(argv=[], env={}, preset=cfg.get("preset", "tiny"), finalize=False)
     base.eval_seq_len = base.eval_seq_len or cfg.get("train_seq_len", base.train_seq_len)

@@ -34,9 +34,9 @@ from torch import nn
 
 from golf import schedule
 from golf.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from golf.loader import TokenLoader
+from golf.data.loader import TokenLoader
 from golf.optim import apply_schedule, build_optimizers
-from golf.utils import GolfError, RunLog, atomic_write_json, compile_stats, device_description, git_commit
+from golf.core.utils import GolfError, RunLog, atomic_write_json, compile_stats, device_description, git_commit
 
 SIZE_CAP = 16_000_000
 PREFLIGHT_MARGIN = 0.03  # warn when the estimate is this close to the cap (its measured error: golf.quant)
@@ -207,8 +207,8 @@ def train_step(fwd: nn.Module, optimizers, params, batches: Iterator, accum: int
 def evaluate_val(model: nn.Module, val: np.ndarray, luts, seq_len: int, batch_seqs: int, d: Dist,
                  amp) -> tuple[float, float]:
     """Training-time val: non-overlapping windows over the val prefix, tokenizer-agnostic BPB
-    (golf.bpb). Windows are split across ranks, sums all-reduced. Returns (val_loss, val_bpb)."""
-    from golf.bpb import bits_per_byte, token_bytes
+    (golf.data.bpb). Windows are split across ranks, sums all-reduced. Returns (val_loss, val_bpb)."""
+    from golf.data.bpb import bits_per_byte, token_bytes
 
     n_windows = (len(val) - 1) // seq_len
     if n_windows < 1:
@@ -306,8 +306,8 @@ def train(h) -> dict[str, Any]:
 
 
 def _train(h, d: Dist, t_start: float) -> dict[str, Any]:
-    from golf.bpb import build_luts
-    from golf.data import load_data_tokenizer, load_split
+    from golf.data.bpb import build_luts
+    from golf.data.folder import load_data_tokenizer, load_split
     from golf.quant import clip_ratios, quant_plan
 
     if d.on:  # every rank must use rank 0's run id (auto ids embed a timestamp)
@@ -565,7 +565,7 @@ def _train(h, d: Dist, t_start: float) -> dict[str, Any]:
         "wall_seconds": time.time() - t_start,
     }
     if d.master:
-        from golf.utils import atomic_path
+        from golf.core.utils import atomic_path
 
         final = {"config": h.to_dict(), "model_config": h.model_config(),
                  "state_dict": {k: v.detach().cpu() for k, v in _export_state(model).items()},

@@ -35,7 +35,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def wiki_docs(shared_data) -> list[str]:
-    from golf.corpus import iter_jsonl_fast
+    from golf.data.corpus import iter_jsonl_fast
 
     docs = []
     for text in iter_jsonl_fast(shared_data / "wiki_val.jsonl.zst"):
@@ -46,7 +46,7 @@ def wiki_docs(shared_data) -> list[str]:
 
 
 def _build(out: Path, tokenizer, docs: list[str]) -> Path:
-    from golf.data import write_data_folder
+    from golf.data.prepare import write_data_folder
 
     write_data_folder(out, tokenizer, {"train": docs[FIXTURE_VAL_DOCS:], "val": docs[:FIXTURE_VAL_DOCS]},
                       name="wiki", shard_tokens=FIXTURE_SHARD_TOKENS, workers=1,
@@ -56,7 +56,7 @@ def _build(out: Path, tokenizer, docs: list[str]) -> Path:
 
 @pytest.fixture(scope="session")
 def byte_data_dir(tmp_path_factory, wiki_docs) -> Path:
-    from golf.tokenizer import ByteTokenizer
+    from golf.data.tokenizer import ByteTokenizer
 
     return _build(tmp_path_factory.mktemp("data") / "wiki_byte", ByteTokenizer(), wiki_docs)
 
@@ -64,7 +64,7 @@ def byte_data_dir(tmp_path_factory, wiki_docs) -> Path:
 @pytest.fixture(scope="session")
 def sp_tokenizer(wiki_docs):
     """A 512-piece SentencePiece BPE (challenge settings) trained on ~1.5 MB of wiki text."""
-    from golf.tokenizer import train_sentencepiece
+    from golf.data.tokenizer import train_sentencepiece
 
     lines, size = [], 0
     for d in wiki_docs[FIXTURE_VAL_DOCS:]:

@@ -1,7 +1,7 @@
 """Tiny model configs and a parameter shake-up, shared by the model and mechanism tests."""
 import torch
 
-from golf.config import Hyperparameters
+from golf.core.config import Hyperparameters
 
 
 def small_cfg(**kw):

@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from golf.artifact import FORMAT_VERSION, MAGIC, load_artifact, read_artifact, save_artifact
-from golf.config import load_config
+from golf.core.config import load_config
 from golf.memory.base import tag
 from golf.model import GPT
 from golf.quant import estimate_artifact_bytes, quantize_model_
-from golf.utils import GolfError
+from golf.core.utils import GolfError
 
 TOK_SHA = "ab" * 32
 
@@ -205,7 +205,7 @@ def test_quantize_cli_writes_artifact_and_size_json_and_enforces_cap(tmp_path, m
     import subprocess
     import sys
 
-    from golf.utils import repo_root
+    from golf.core.utils import repo_root
 
     h = _h()
     model = _trained_ish(h, seed=1)  # has an MTP head: quantize.py must drop it

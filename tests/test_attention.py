@@ -6,7 +6,7 @@ import torch
 from golf import attention
 from golf.layers import Rotary
 from golf.memory.base import MixerContext, build_mixer
-from golf.utils import GolfError
+from golf.core.utils import GolfError
 
 from modelkit import randomize, small_cfg
 
@@ -70,7 +70,7 @@ eager_flex = pytest.mark.filterwarnings("ignore:flex_attention called without to
 @pytest.fixture(autouse=True)
 def _dynamo_counters_untouched():
     """Eager flex_attention compiles internally (backend "eager") and bumps dynamo's process-wide
-    graph counters, which golf.utils.compile_stats (and the training tests) read: put them back."""
+    graph counters, which golf.core.utils.compile_stats (and the training tests) read: put them back."""
     counters = None
     if attention.flex_available():
         from torch._dynamo.utils import counters
@@ -118,7 +118,7 @@ def test_swa_layer_uses_flex_only_when_asked_on_cpu(monkeypatch):
 
 
 def test_flex_setting_rejects_bad_values():
-    from golf.config import load_config
+    from golf.core.config import load_config
 
     with pytest.raises(GolfError, match="FLEX_ATTENTION"):
         _mixer("swa", attn_window=4, flex_attention="maybe")

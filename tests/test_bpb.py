@@ -1,4 +1,4 @@
-"""BPB byte accounting (golf/bpb.py): the LUT rule against real decoded bytes on FineWeb documents."""
+"""BPB byte accounting (golf/data/bpb.py): the LUT rule against real decoded bytes on FineWeb documents."""
 import itertools
 import math
 
@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from golf.bpb import audit_bytes, bits_per_byte, build_luts, token_bytes
-from golf.tokenizer import ByteTokenizer, train_sentencepiece
+from golf.data.bpb import audit_bytes, bits_per_byte, build_luts, token_bytes
+from golf.data.tokenizer import ByteTokenizer, train_sentencepiece
 
 N_DOCS = 300
 
 
 @pytest.fixture(scope="module")
 def fineweb_docs(shared_data):
-    from golf.corpus import iter_jsonl_fast
+    from golf.data.corpus import iter_jsonl_fast
 
     return list(itertools.islice(iter_jsonl_fast(shared_data / "fineweb_val.jsonl.zst"), N_DOCS))
 
@@ -22,7 +22,7 @@ def fineweb_docs(shared_data):
 @pytest.fixture(scope="module")
 def sp1024(shared_data):
     """The challenge's default size: a 1024-piece BPE trained on ~2 MB of wiki text."""
-    from golf.corpus import iter_jsonl_fast
+    from golf.data.corpus import iter_jsonl_fast
 
     lines, size = [], 0
     for doc in iter_jsonl_fast(shared_data / "wiki_train_00.jsonl.zst"):
@@ -100,8 +100,8 @@ def test_bits_per_byte():
 
 
 def test_audit_file_cli_helper(sp_data_dir, shared_data, capsys):
-    from golf.bpb import audit_file
-    from golf.data import tokenizer_path
+    from golf.data.bpb import audit_file
+    from golf.data.folder import tokenizer_path
 
     r = audit_file(tokenizer_path(sp_data_dir), shared_data / "fineweb_val.jsonl.zst", max_docs=20)
     assert r["ok"] and r["docs"] == 20

@@ -9,12 +9,12 @@ import pytest
 from golf.bundle import (
     OPTIONAL_DEPS, bundle_bytes, collect_modules, heavy_top_level_imports, minify, record_defaults, write_bundle,
 )
-from golf.utils import GolfError
+from golf.core.utils import GolfError
 
 
 def test_closure_has_what_training_needs_and_no_bench():
     mods = collect_modules()
-    for m in ("__main__", "golf", "golf.train", "golf.model", "golf.quant", "golf.memory.base", "golf.config"):
+    for m in ("__main__", "golf", "golf.train", "golf.model", "golf.quant", "golf.memory.base", "golf.core.config"):
         assert m in mods, m
     assert "golf.memory.stream" in mods  # reached through the importlib registry strings
     assert not any(m.startswith(("golf.bench", "golf.bundle")) for m in mods)

@@ -1,8 +1,8 @@
-"""golf/config.py: precedence, typing, typo detection, derived values."""
+"""golf/core/config.py: precedence, typing, typo detection, derived values."""
 import pytest
 
-from golf.config import MODEL_FIELDS, PRESETS, Hyperparameters, from_dict, load_config, parse_cli
-from golf.utils import GolfError
+from golf.core.config import MODEL_FIELDS, PRESETS, Hyperparameters, from_dict, load_config, parse_cli
+from golf.core.utils import GolfError
 
 
 def test_precedence_defaults_preset_env_cli():

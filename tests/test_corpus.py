@@ -1,14 +1,14 @@
-"""Corpus readers (golf/corpus.py): formats, the fast path vs `datasets`, bad input, Shakespeare rules."""
+"""Corpus readers (golf/data/corpus.py): formats, the fast path vs `datasets`, bad input, Shakespeare rules."""
 import gzip
 import json
 
 import pytest
 import zstandard
 
-from golf import corpus
-from golf.corpus import (corpus_stem, dedupe_editions, iter_documents, iter_documents_datasets, same_work,
+from golf.data import corpus
+from golf.data.corpus import (corpus_stem, dedupe_editions, iter_documents, iter_documents_datasets, same_work,
                          strip_gutenberg)
-from golf.utils import GolfError
+from golf.core.utils import GolfError
 
 DOCS = ["first doc\nwith two lines", "second \u2028 has a line separator", "café — ünïcode 😀", "4"]
 

@@ -1,15 +1,16 @@
-"""Shards, data folders, the train/val split and `prepare` (golf/data.py)."""
+"""Shards, data folders, the train/val split and `prepare` (golf/data/)."""
 import json
 
 import numpy as np
 import pytest
 import zstandard
 
-from golf import data
-from golf.data import (HEADER_BYTES, MAGIC, check_tokenizer_matches, doc_hash, load_split, prepare,
-                       read_manifest, read_shard, shard_files, tokenizer_path, val_hash_threshold, write_shard)
-from golf.tokenizer import ByteTokenizer, load_tokenizer
-from golf.utils import GolfError
+from golf.data import prepare as prepare_mod
+from golf.data.folder import check_tokenizer_matches, load_split, read_manifest, shard_files, tokenizer_path
+from golf.data.prepare import doc_hash, prepare, val_hash_threshold
+from golf.data.shards import HEADER_BYTES, MAGIC, read_shard, write_shard
+from golf.data.tokenizer import ByteTokenizer, load_tokenizer
+from golf.core.utils import GolfError
 
 
 def test_shard_round_trip_and_header(tmp_path):
@@ -170,8 +171,8 @@ def test_prepare_bad_inputs_write_nothing(tmp_path):
 
 def test_cli_prepare(tmp_path, wiki_docs):
     src = _write_jsonl_zst(tmp_path / "c.jsonl.zst", wiki_docs[:30])
-    data.main(["prepare", "--corpus", str(src), "--tokenizer", "byte", "--out", str(tmp_path / "o"), "--workers", "1"])
+    prepare_mod.main(["--corpus", str(src), "--tokenizer", "byte", "--out", str(tmp_path / "o"), "--workers", "1"])
     assert read_manifest(tmp_path / "o")["splits"]["val"]["docs"] >= 1
     with pytest.raises(SystemExit) as e:
-        data.main(["prepare", "--corpus", str(tmp_path / "missing.jsonl"), "--tokenizer", "byte"])
+        prepare_mod.main(["--corpus", str(tmp_path / "missing.jsonl"), "--tokenizer", "byte"])
     assert e.value.code == 2

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import zstandard
 
-from golf.data import load_split, prepare, read_manifest, shard_files, split_layout, write_shard, write_data_folder
-from golf.loader import TokenLoader
-from golf.tokenizer import ByteTokenizer
-from golf.utils import GolfError
+from golf.data.folder import load_split, read_manifest, shard_files, split_layout
+from golf.data.prepare import prepare, write_data_folder
+from golf.data.shards import write_shard
+from golf.data.loader import TokenLoader
+from golf.data.tokenizer import ByteTokenizer
+from golf.core.utils import GolfError
 
 from datakit import token_folder
 

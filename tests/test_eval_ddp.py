@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from golf.bpb import build_luts
+from golf.data.bpb import build_luts
 from golf.eval import evaluate_bpb
-from golf.tokenizer import ByteTokenizer
+from golf.data.tokenizer import ByteTokenizer
 
 from datakit import token_folder
 from distkit import free_port, start_ranks, wait_ranks
@@ -25,10 +25,10 @@ WORKER = textwrap.dedent('''
     import numpy as np, torch
     import torch.distributed as dist
     torch.set_num_threads(1)
-    from golf.bpb import build_luts
+    from golf.data.bpb import build_luts
     from golf.eval import evaluate_bpb
     from golf.model import GPT
-    from golf.tokenizer import ByteTokenizer
+    from golf.data.tokenizer import ByteTokenizer
     import eval_bpb
 
     out, cfg_json, toks_path, art, data = sys.argv[1:6]
@@ -54,10 +54,10 @@ WORKER = textwrap.dedent('''
 def test_two_gloo_ranks_equal_one_process(tmp_path):
     pytest.importorskip("golf.artifact")
     from golf.artifact import load_artifact, save_artifact
-    from golf.config import load_config
-    from golf.data import write_shard
+    from golf.core.config import load_config
+    from golf.data.shards import write_shard
     from golf.model import GPT
-    from golf.utils import atomic_write_json
+    from golf.core.utils import atomic_write_json
 
     tok = ByteTokenizer()
     h = load_config(["--num-layers", "1", "--model-dim", "32", "--num-heads", "2", "--num-kv-heads", "1",

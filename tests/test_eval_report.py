@@ -10,15 +10,15 @@ import pytest
 import torch
 
 import eval_bpb
-from golf.bpb import build_luts
-from golf.config import load_config
-from golf.data import shard_files
+from golf.data.bpb import build_luts
+from golf.core.config import load_config
+from golf.data.folder import shard_files
 from golf.eval import evaluate_bpb
 from golf.eval_report import build_report, plot_bpb_vs_position, summary
-from golf.tokenizer import ByteTokenizer
+from golf.data.tokenizer import ByteTokenizer
 
 from datakit import token_folder
-from golf.utils import atomic_write_json
+from golf.core.utils import atomic_write_json
 
 torch.set_num_threads(1)
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from golf.config import Hyperparameters
+from golf.core.config import Hyperparameters
 from golf.generate import IncrementalDecoder, filter_logits, incremental_supported, pick, sample
 from golf.model import GPT
 
@@ -84,7 +84,7 @@ def test_unsupported_mixer_falls_back_to_full_recompute():
     assert not incremental_supported(model)
     out = sample(model, [1, 4, 4], 5, temperature=0, stop_at_bos=False)  # incremental=None: falls back
     assert out.shape == (1, 5)
-    from golf.utils import GolfError
+    from golf.core.utils import GolfError
 
     with pytest.raises(GolfError, match="recurrent"):
         sample(model, [1, 4], 3, incremental=True)
@@ -129,7 +129,7 @@ def test_sampled_tokens_respect_filters():
 def test_cli_generates_from_artifact(tmp_path, capsys):
     artifact = pytest.importorskip("golf.artifact")
     from golf.generate import main
-    from golf.tokenizer import ByteTokenizer
+    from golf.data.tokenizer import ByteTokenizer
 
     h = Hyperparameters(vocab_size=260, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2,
                         mixers="stream,deltanet", num_memory_tokens=0, bigram_vocab_size=0, mtp_num_heads=0)
@@ -154,7 +154,7 @@ def test_self_check_falls_back_when_steps_disagree(monkeypatch, capsys):
     full = sample(model, [1, 3, 5, 7], 6, temperature=0, incremental=False, stop_at_bos=False)
     assert sample(model, [1, 3, 5, 7], 6, temperature=0, stop_at_bos=False).tolist() == full.tolist()
     assert "disagrees" in capsys.readouterr().err
-    from golf.utils import GolfError
+    from golf.core.utils import GolfError
 
     with pytest.raises(GolfError, match="disagrees"):
         sample(model, [1, 3, 5, 7], 6, temperature=0, incremental=True)

@@ -1,12 +1,12 @@
-"""golf/loader.py: the distributed token stream is deterministic, shifted by one, split by rank."""
+"""golf/data/loader.py: the distributed token stream is deterministic, shifted by one, split by rank."""
 import numpy as np
 import pytest
 import torch
 
-from golf.data import write_shard
-from golf.loader import TokenLoader
-from golf.tokenizer import ByteTokenizer
-from golf.utils import GolfError
+from golf.data.shards import write_shard
+from golf.data.loader import TokenLoader
+from golf.data.tokenizer import ByteTokenizer
+from golf.core.utils import GolfError
 
 from datakit import token_folder
 

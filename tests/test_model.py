@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from golf.config import Hyperparameters, load_config
+from golf.core.config import Hyperparameters, load_config
 from golf.layers import CastedLinear
 from golf.memory.base import OPTIM_GROUPS, QUANT_GROUPS, optim_group_of, quant_group_of
 from golf.model import GPT, count_params, layer_mixers
-from golf.utils import GolfError
+from golf.core.utils import GolfError
 
 from modelkit import randomize, small_cfg
 
@@ -223,7 +223,7 @@ def test_compiles_as_one_graph_and_qat_switch_reuses_it(extra):
     pieces, and a recompile inside the timed loop eats budget. dynamo's eager backend traces exactly
     what inductor would see, so this catches both on CPU in seconds: fullgraph=True fails on any
     break, and QAT on/off (compiled both during warm-up) must be two graphs, then no more."""
-    from golf.utils import compile_stats
+    from golf.core.utils import compile_stats
 
     torch._dynamo.reset()
     cfg = small_cfg(num_memory_tokens=4, bigram_vocab_size=128, bigram_dim=16, smear_gate=True, mtp_num_heads=2,

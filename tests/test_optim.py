@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from golf.config import load_config
+from golf.core.config import load_config
 from golf.memory.base import tag
 from golf.optim import (
     Muon,

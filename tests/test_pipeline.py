@@ -18,9 +18,9 @@ import pytest
 from datakit import token_folder
 from golf import pipeline as P
 from golf import records as R
-from golf.data import split_tokens
-from golf.tokenizer import ByteTokenizer
-from golf.utils import GolfError, today
+from golf.data.folder import split_tokens
+from golf.data.tokenizer import ByteTokenizer
+from golf.core.utils import GolfError, today
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -359,7 +359,7 @@ def test_run_command_passes_env_logs_and_reports_failure(tmp_path):
 
 
 def test_config_env_round_trips_through_load_config():
-    from golf.config import load_config
+    from golf.core.config import load_config
 
     h = P.resolve_config("tiny", {"num_layers": 3, "smear_gate": False, "mixers": ""}, 5, "r1")
     env = P.config_env(h, base={})
@@ -402,7 +402,7 @@ def test_end_to_end_real_stages(tmp_path, monkeypatch):
     _head_jsonl(shared / "fineweb_val.jsonl.zst", tmp_path / "val.jsonl", 2)
     data = tmp_path / "data"
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-m", "golf.data", "prepare", "--corpus", str(tmp_path / "train.jsonl"),
+    r = subprocess.run([sys.executable, "-m", "golf.data.prepare", "--corpus", str(tmp_path / "train.jsonl"),
                         "--val", str(tmp_path / "val.jsonl"), "--tokenizer", "byte", "--out", str(data), "--workers", "1"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -3,13 +3,13 @@ import pytest
 import torch
 from torch import nn
 
-from golf.config import load_config
+from golf.core.config import load_config
 from golf.memory.base import tag
 from golf.quant import (
     CLIP_RATIOS, FP16, bits_for_group, bits_for_tensor, clip_ratios, dequantize_rows, estimate_artifact_bytes,
     fake_quantize, qmax_for, quant_plan, quantize_dequantize, quantize_rows, quantize_rows_reference,
 )
-from golf.utils import GolfError
+from golf.core.utils import GolfError
 
 
 def _h(**kw):

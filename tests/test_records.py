@@ -4,8 +4,8 @@ import json
 import pytest
 
 from golf import records as R
-from golf.config import load_config
-from golf.utils import GolfError
+from golf.core.config import load_config
+from golf.core.utils import GolfError
 
 
 def make_record(folder, seed_list=(1, 2), bpbs=(1.50, 1.52), losses=(2.5, 2.52), bytes_total=1_000_000, **over):

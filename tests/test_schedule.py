@@ -4,7 +4,7 @@ import math
 import pytest
 
 from golf import schedule
-from golf.config import load_config
+from golf.core.config import load_config
 
 
 def preset(**over):

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from golf.config import load_config
-from golf.data import read_manifest
-from golf.utils import GolfError
+from golf.core.config import load_config
+from golf.data.folder import read_manifest
+from golf.core.utils import GolfError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -146,7 +146,7 @@ def test_preflight_refuses_oversize(byte_data_dir, tmp_path):
 def test_preflight_allow_oversize_goes_on():
     from golf.model import GPT
     from golf.train import preflight
-    from golf.utils import RunLog
+    from golf.core.utils import RunLog
 
     h = load_config(args("x", "x", "x", num_layers=2, model_dim=768, num_heads=4, num_kv_heads=2, mlp_mult=4,
                          quant_mlp_bits=16, quant_attn_bits=16, allow_oversize=True), env={})
@@ -159,7 +159,7 @@ def test_preflight_warns_near_the_cap(tmp_path, monkeypatch, total, warned):
     """Within PREFLIGHT_MARGIN of the cap the estimate's own error could tip the artifact over."""
     import golf.quant
     from golf.train import preflight
-    from golf.utils import RunLog
+    from golf.core.utils import RunLog
 
     fake = {"groups": {"mlp": {"params": 1, "bits": 5, "bytes": total - 100}}, "header": 50, "code": 50,
             "params": 1, "bits_per_param": 5.0, "total": total, "cap": 16_000_000}

@@ -1,9 +1,9 @@
-"""golf/utils.py: atomic writes never leave half files; records are never overwritten."""
+"""golf/core/utils.py: atomic writes never leave half files; records are never overwritten."""
 import json
 
 import pytest
 
-from golf.utils import GolfError, RunLog, atomic_dir, atomic_path, atomic_write_json
+from golf.core.utils import GolfError, RunLog, atomic_dir, atomic_path, atomic_write_json
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):

@@ -5,7 +5,7 @@
 Text: a slice of ../shared/data/wiki_train_00.jsonl.zst (or --corpus). Tokenizer: a 1024-piece
 SentencePiece BPE with the challenge's settings, trained on another slice first. Measures
 golf's fast line-wise encoder, the reference whole-document encoder, and the parallel path
-`python -m golf.data prepare` uses (processes, ~1 MB chunks). Goal: >= 5 MB/s of text per core.
+`python -m golf.data.prepare` uses (processes, ~1 MB chunks). Goal: >= 5 MB/s of text per core.
 """
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import os
 import time
 from pathlib import Path
 
-from golf.utils import GolfError, atomic_write_json, device_description, git_commit, main_guard, package_versions, repo_root
+from golf.core.utils import GolfError, atomic_write_json, device_description, git_commit, main_guard, package_versions, repo_root
 
 GOAL_MB_PER_S_PER_CORE = 5.0
 
 
 def _slice(spec: str, skip_mb: float, mb: float) -> list[str]:
-    from golf.corpus import iter_documents
+    from golf.data.corpus import iter_documents
 
     docs, size, skipped = [], 0, 0
     for text in iter_documents(spec):
@@ -46,8 +46,8 @@ def _rate(fn, nbytes: int, repeats: int = 2) -> tuple[float, object]:
 
 
 def run(corpus: str, mb: float, workers: int) -> dict:
-    from golf.data import _chunks_for_bench, _encode_chunk, _worker_init
-    from golf.tokenizer import ByteTokenizer, train_sentencepiece
+    from golf.data.prepare import _chunks_for_bench, _encode_chunk, _worker_init
+    from golf.data.tokenizer import ByteTokenizer, train_sentencepiece
 
     train_text = _slice(corpus, 0, 4)
     tok = train_sentencepiece([l for d in train_text for l in d.split("\n")], 1024, num_threads=workers)

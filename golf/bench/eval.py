@@ -18,14 +18,14 @@ import time
 import numpy as np
 import torch
 
-from golf.utils import atomic_write_json, device_description, git_commit, main_guard, package_versions
+from golf.core.utils import atomic_write_json, device_description, git_commit, main_guard, package_versions
 
 CHALLENGE_VAL_TOKENS = 62_000_000
 EVAL_LIMIT_S = 600.0
 
 
 def _synthetic_luts(vocab: int, device):
-    from golf.bpb import Luts
+    from golf.data.bpb import Luts
 
     base = torch.full((vocab,), 3, dtype=torch.int16)  # ~3 bytes/token, like sp1024 on FineWeb
     base[:4] = 0
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="bench/eval.json")
     args = p.parse_args(argv)
 
-    from golf.config import load_config
+    from golf.core.config import load_config
     from golf.eval import _pick_device, evaluate_bpb
     from golf.model import GPT, count_params
 
@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = dict(h.model_config(), mtp_num_heads=0)
     model = GPT(cfg).to(dev).eval()
     if args.data_path:
-        from golf.bpb import build_luts
-        from golf.data import load_data_tokenizer, load_split
+        from golf.data.bpb import build_luts
+        from golf.data.folder import load_data_tokenizer, load_split
 
         toks = load_split(args.data_path, "val", vocab_size=h.vocab_size, max_tokens=n)
         luts = build_luts(load_data_tokenizer(args.data_path), dev)

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from golf.utils import atomic_write_json, device_description, git_commit, main_guard, package_versions
+from golf.core.utils import atomic_write_json, device_description, git_commit, main_guard, package_versions
 
 GOAL_RATIO = 0.5
 GOAL_MIXERS = ("stream", "deltanet")
@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="torch.compile each layer, as training compiles the model (auto: on for CUDA)")
     args = p.parse_args(argv)
 
-    from golf.config import Hyperparameters
-    from golf.utils import GolfError
+    from golf.core.config import Hyperparameters
+    from golf.core.utils import GolfError
 
     dev = args.device
     if dev == "auto":

@@ -88,7 +88,7 @@ def _size_figures(model, h, tag: str) -> dict[str, Any]:
 
 
 def bench_preset(preset: str = "record", overrides: dict[str, str] | None = None) -> dict[str, Any]:
-    from golf.config import apply_overrides, load_config
+    from golf.core.config import apply_overrides, load_config
     from golf.model import GPT
 
     h = load_config([], env={}, preset=preset)
@@ -114,14 +114,14 @@ def bench_preset(preset: str = "record", overrides: dict[str, str] | None = None
 def bench_checkpoint(checkpoint: str, data_path: str, max_tokens: int, device: str,
                      overrides: dict[str, str] | None = None) -> dict[str, Any]:
     from golf.artifact import load_artifact, load_checkpoint, model_from_checkpoint, save_artifact
-    from golf.bpb import build_luts
-    from golf.data import load_data_tokenizer, load_split
+    from golf.data.bpb import build_luts
+    from golf.data.folder import load_data_tokenizer, load_split
     from golf.eval import evaluate_val_loss
 
     ck = load_checkpoint(checkpoint)
     model, h = model_from_checkpoint(ck, checkpoint)
     if overrides:  # quantisation settings to try on this checkpoint, e.g. QUANT_MIN_NUMEL=4096
-        from golf.config import apply_overrides
+        from golf.core.config import apply_overrides
 
         apply_overrides(h, overrides, "--set")
     with tempfile.TemporaryDirectory() as d:
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="override a quantisation setting for this run (repeatable), e.g. QUANT_MLP_BITS=4")
     ap.add_argument("--out", default="bench/quant.json")
     a = ap.parse_args(argv)
-    from golf.utils import atomic_write_json, device_description, git_commit
+    from golf.core.utils import atomic_write_json, device_description, git_commit
 
     res: dict[str, Any] = {"commit": git_commit(), "device": device_description(), "public_record": PUBLIC_RECORD}
     sets = dict(kv.split("=", 1) for kv in a.set)
@@ -173,6 +173,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from golf.utils import main_guard
+    from golf.core.utils import main_guard
 
     main_guard(main)()

@@ -130,7 +130,7 @@ def register(cls: type[SequenceMixer]) -> type[SequenceMixer]:
 
 def build_mixer(name: str, cfg: dict[str, Any], layer_idx: int) -> SequenceMixer:
     from golf.memory import load_all
-    from golf.utils import GolfError
+    from golf.core.utils import GolfError
 
     load_all()  # registers every mechanism
 

@@ -135,7 +135,7 @@ class GatedDeltaNet(SequenceMixer):
         D = int(cfg["model_dim"])
         H = int(cfg.get("deltanet_heads", 0) or cfg["num_heads"])
         if D % H:
-            from golf.utils import GolfError
+            from golf.core.utils import GolfError
 
             raise GolfError(f"deltanet: MODEL_DIM={D} is not divisible by DELTANET_HEADS={H}; pick a divisor")
         self.dim, self.num_heads, self.head_dim = D, H, D // H

@@ -36,7 +36,7 @@ class HyperMixing(SequenceMixer):
 
     def __init__(self, cfg: dict[str, Any], layer_idx: int):
         super().__init__(cfg, layer_idx)
-        from golf.utils import GolfError
+        from golf.core.utils import GolfError
 
         D, H = int(cfg["model_dim"]), int(cfg["num_heads"])
         hidden = int(cfg.get("hypermix_hidden", 0) or D // 2)

@@ -11,7 +11,7 @@ from typing import Any
 
 from golf.attention import CausalSelfAttention
 from golf.memory.base import register
-from golf.utils import GolfError
+from golf.core.utils import GolfError
 
 
 @register

@@ -108,7 +108,7 @@ class StreamMixer(SequenceMixer):
         D, H = int(cfg["model_dim"]), int(cfg["num_heads"])
         M = int(cfg.get("stream_num_streams", 4) or 4)
         if D % H:
-            from golf.utils import GolfError
+            from golf.core.utils import GolfError
 
             raise GolfError(f"stream mixer: MODEL_DIM={D} is not divisible by NUM_HEADS={H}")
         self.dim, self.num_heads, self.head_dim, self.num_streams = D, H, D // H, M

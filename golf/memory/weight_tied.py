@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from golf.memory.base import ModelMechanism, register_mechanism, tag
-from golf.utils import GolfError
+from golf.core.utils import GolfError
 
 
 @register_mechanism

@@ -72,7 +72,7 @@ def test_parameter_tags_and_count():
 
 
 def test_bad_heads_is_a_clear_error():
-    from golf.utils import GolfError
+    from golf.core.utils import GolfError
 
     with pytest.raises(GolfError, match="DELTANET_HEADS"):
         GatedDeltaNet({**CFG, "deltanet_heads": 5}, 0)

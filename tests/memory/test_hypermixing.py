@@ -51,7 +51,7 @@ def test_parameter_tags_and_count():
 
 
 def test_bad_hidden_is_a_clear_error():
-    from golf.utils import GolfError
+    from golf.core.utils import GolfError
 
     with pytest.raises(GolfError, match="HYPERMIX_HIDDEN"):
         HyperMixing({**CFG, "hypermix_hidden": 10}, 0)
@@ -60,7 +60,7 @@ def test_bad_hidden_is_a_clear_error():
 def test_byte_level_model_trains_a_step():
     """A byte-level model (vocab 260) whose every layer is HyperMixing: finite loss, gradients reach
     the mixer, and the model stays causal end to end."""
-    from golf.config import Hyperparameters
+    from golf.core.config import Hyperparameters
     from golf.model import GPT
 
     h = Hyperparameters(vocab_size=260, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2,

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from golf.model import GPT, count_params
-from golf.utils import GolfError
+from golf.core.utils import GolfError
 
 from modelkit import small_cfg as _small_cfg
 

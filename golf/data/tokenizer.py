@@ -2,7 +2,7 @@
 
 Both expose `.kind`, `.vocab_size`, `.sha256`, `.bos_id`, `.encode(text) -> list[int]` (no BOS),
 `.encode_batch(texts)`, `.decode(ids) -> str` and `.bpb_luts()`, the three lookup tables the
-challenge's tokenizer-agnostic BPB needs (see golf/bpb.py for how they are used).
+challenge's tokenizer-agnostic BPB needs (see golf/data/bpb.py for how they are used).
 
 Files: a SentencePiece model is saved as `tokenizer.model`; the byte tokenizer as `tokenizer.json`
 in the challenge's `pure_byte` format, so the challenge's own `fineweb_pure_byte_260.json` loads too.
@@ -17,7 +17,7 @@ from typing import Iterable
 
 import numpy as np
 
-from golf.utils import GolfError, atomic_write_bytes, sha256_bytes
+from golf.core.utils import GolfError, atomic_write_bytes, sha256_bytes
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 
@@ -166,7 +166,7 @@ class SentencePieceTokenizer:
         # As the challenge's build_sentencepiece_luts: control/unknown/unused pieces are boundaries
         # worth 0 bytes; byte-fallback pieces <0xNN> are 1 byte; otherwise the UTF-8 length of the
         # piece without its leading '▁', which adds 1 byte only when the previous token is not a
-        # boundary (golf/bpb.py). Why that is exact for add_dummy_prefix=False: the normaliser strips
+        # boundary (golf/data/bpb.py). Why that is exact for add_dummy_prefix=False: the normaliser strips
         # leading whitespace, so a document's first piece never starts with '▁' (tested by the audit).
         sp, V = self.sp, self.vocab_size
         base = np.zeros(V, dtype=np.int16)

@@ -107,12 +107,12 @@ def audit_bytes(tokenizer, texts: Iterable[str], max_mismatches: int = 5) -> dic
 
 def audit_file(tokenizer_path, text, max_docs: int = 500, text_field: str = "text") -> dict:
     """`eval_bpb.py --audit-bytes --tokenizer T --text FILE`: audit the first max_docs documents of a
-    corpus (any format golf.corpus reads; a .txt file is one document) and print both totals."""
+    corpus (any format golf.data.corpus reads; a .txt file is one document) and print both totals."""
     import itertools
 
-    from golf.corpus import iter_documents
-    from golf.tokenizer import load_tokenizer
-    from golf.utils import GolfError
+    from golf.data.corpus import iter_documents
+    from golf.data.tokenizer import load_tokenizer
+    from golf.core.utils import GolfError
 
     tok = load_tokenizer(tokenizer_path)
     docs = list(itertools.islice(iter_documents(str(text), text_field), max_docs or None))

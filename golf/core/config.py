@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, Sequence
 
-from golf.utils import GolfError, now_stamp
+from golf.core.utils import GolfError, now_stamp
 
 
 @dataclass
@@ -244,7 +244,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 
 def unknown_setting_error(name: str, source: str) -> GolfError:
     close = difflib.get_close_matches(name.lower(), list(FIELD_TYPES), n=4, cutoff=0.6)
-    hint = f"; did you mean {', '.join(c.upper() for c in close)}?" if close else "; see golf/config.py for the list"
+    hint = f"; did you mean {', '.join(c.upper() for c in close)}?" if close else "; see golf/core/config.py for the list"
     return GolfError(f"{source}: unknown setting {name!r}{hint}")
 
 

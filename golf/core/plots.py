@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from golf.utils import atomic_path
+from golf.core.utils import atomic_path
 
 
 def _plt():

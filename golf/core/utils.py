@@ -115,7 +115,7 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 def git_commit(short: bool = False) -> str:

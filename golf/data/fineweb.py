@@ -1,6 +1,6 @@
 """Download the challenge's published FineWeb shards and tokenizer into a golf data folder.
 
-    python -m golf.fineweb --variant sp1024 --train-shards 10 [--local-dir DIR]     (make data-fineweb)
+    python -m golf.data.fineweb --variant sp1024 --train-shards 10 [--local-dir DIR]     (make data-fineweb)
 
 Manifest-driven, as the challenge's data/cached_challenge_fineweb.py: the Hugging Face dataset repo
 `willdepueoai/parameter-golf` holds `datasets/manifest.json`, which lists each dataset (shard
@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from golf.utils import GolfError, atomic_path, atomic_write_json, main_guard, sha256_file
+from golf.core.utils import GolfError, atomic_path, atomic_write_json, main_guard, sha256_file
 
 REPO_ID = os.environ.get("MATCHED_FINEWEB_REPO_ID", "willdepueoai/parameter-golf")
 REMOTE_ROOT = os.environ.get("MATCHED_FINEWEB_REMOTE_ROOT_PREFIX", "datasets")
@@ -90,7 +90,7 @@ def plan_download(manifest: dict, variant: str, train_shards: int) -> dict:
 
 def _fetch(remote: str, dest: Path, download: Downloader) -> bool:
     """Copy `remote` to `dest` unless a complete copy is there; True if it was fetched."""
-    from golf.data import read_header
+    from golf.data.shards import read_header
 
     if dest.is_file():
         if dest.suffix != ".bin":
@@ -111,8 +111,8 @@ def _fetch(remote: str, dest: Path, download: Downloader) -> bool:
 def download(variant: str = "sp1024", train_shards: int = 1, local_dir: str | os.PathLike | None = None,
              download_fn: Downloader = hub_download) -> dict:
     """Fetch manifest, val shards, `train_shards` train shards and the tokenizer; write a golf manifest."""
-    from golf.data import read_header
-    from golf.tokenizer import load_tokenizer
+    from golf.data.shards import read_header
+    from golf.data.tokenizer import load_tokenizer
 
     out = Path(local_dir) if local_dir else Path("data") / "datasets" / VARIANTS.get(variant, variant)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,7 +160,7 @@ def download(variant: str = "sp1024", train_shards: int = 1, local_dir: str | os
 
 @main_guard
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m golf.fineweb", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m golf.data.fineweb", description=__doc__.split("\n")[0])
     p.add_argument("--variant", default="sp1024", choices=sorted(VARIANTS))
     p.add_argument("--train-shards", type=int, default=1)
     p.add_argument("--local-dir", default="", help="default data/datasets/fineweb10B_<variant>")

@@ -1,0 +1,233 @@
+"""Data folders: which shard files are which split, and the folder's tokenizer.
+
+A data folder (what `make data` writes, what training/eval read):
+    manifest.json                 sources + hashes, tokenizer {kind, file, sha256, vocab_size}, and per
+                                  split its shard files, each with its token count and sha256
+    tokenizer.model | tokenizer.json
+    fineweb_train_000000.bin ...  fineweb_val_000000.bin ...
+
+A split is the manifest's list of files, never a filename pattern: `<corpus>_train_*.bin` once
+matched `wiki_train_00_val_000000.bin` and trained on the validation text (golf issue 13). Shards get
+the challenge's fixed names whatever the corpus is called, so no corpus name can make two splits
+collide and the challenge's own scripts read a golf folder as it is. A folder without golf's
+manifest (the challenge's download) is read by exactly those names.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import re
+from pathlib import Path
+
+import numpy as np
+
+from golf.core.utils import GolfError, main_guard, sha256_file
+from golf.data.shards import read_header, read_shard
+from golf.data.tokenizer import load_tokenizer
+
+SPLITS = ("train", "val")
+
+
+def read_manifest(data_path: str | os.PathLike) -> dict:
+    path = Path(data_path) / "manifest.json"
+    if not path.is_file():
+        raise GolfError(f"{path} not found: {data_path} is not a prepared data folder; run `make data` "
+                        f"(or `make data-fineweb`) or set DATA_PATH to one")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise GolfError(f"{path} is not valid JSON ({e}); re-create the folder with `make data`") from None
+    if not isinstance(manifest.get("tokenizer"), dict):
+        raise GolfError(f"{path} has no 'tokenizer' entry; re-create the folder with `make data`")
+    return manifest
+
+
+def shard_name(split: str, index: int) -> str:
+    """A shard's file name: the challenge's (`fineweb_train_000000.bin`), whatever the corpus."""
+    return f"fineweb_{split}_{index:06d}.bin"
+
+
+def _manifest_split(data_path: Path, manifest: dict, split: str) -> list[Path]:
+    """A split's files as the manifest lists them, each checked against its header's token count."""
+    mpath = data_path / "manifest.json"
+    fix = "re-create the folder with `make data` (or `make data-fineweb`)"
+    entry = (manifest.get("splits") or {}).get(split)
+    if entry is None or (isinstance(entry, dict) and not entry.get("files") and not entry.get("tokens")):
+        return []  # the folder has no such split (an eval-only folder has no train split)
+    if not isinstance(entry, dict) or not isinstance(entry.get("files"), list) or not entry["files"]:
+        raise GolfError(f"{mpath}: splits.{split} lists no shard files; {fix}")
+    files, total = [], 0
+    for item in entry["files"]:
+        # golf-data-1 listed bare names; golf-data-2 lists {name, tokens, sha256}
+        name, want = (item, None) if isinstance(item, str) else (item.get("name"), item.get("tokens"))
+        if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
+            raise GolfError(f"{mpath}: {split} shard entry {item!r} is not a plain file name in the folder; {fix}")
+        path = data_path / name
+        n = read_header(path)
+        if want is not None and n != int(want):
+            raise GolfError(f"{path} holds {n:,} tokens but {mpath} says {int(want):,}: the folder changed after it "
+                            f"was written; {fix}")
+        files.append(path)
+        total += n
+    if entry.get("tokens") is not None and total != int(entry["tokens"]):
+        raise GolfError(f"the {split} shards of {data_path} hold {total:,} tokens but {mpath} says "
+                        f"{int(entry['tokens']):,}; {fix}")
+    return files
+
+
+def split_layout(data_path: str | os.PathLike) -> dict[str, list[Path]]:
+    """Both splits' shard files, checked before any work: taken from golf's manifest (else the
+    challenge's names `fineweb_{train,val}_*.bin`), token counts equal to the manifest's, and no file
+    in both splits (compared by inode too, so links cannot smuggle one in)."""
+    data_path = Path(data_path)
+    if not data_path.is_dir():
+        raise GolfError(f"data folder {data_path} not found; run `make data` or set DATA_PATH to a prepared folder")
+    if (data_path / "manifest.json").is_file():
+        manifest = read_manifest(data_path)
+        layout = {s: _manifest_split(data_path, manifest, s) for s in SPLITS}
+    else:
+        # exactly the challenge's numbered names: `fineweb_train_val_000000.bin` belongs to no split
+        layout = {s: sorted(f for f in data_path.glob(f"fineweb_{s}_*.bin") if re.fullmatch(rf"fineweb_{s}_\d+\.bin", f.name))
+                  for s in SPLITS}
+        for f in layout["train"] + layout["val"]:
+            read_header(f)
+    seen = {}
+    for s in SPLITS:
+        for f in layout[s]:
+            st = f.stat()
+            key = (st.st_dev, st.st_ino)
+            if key in seen and seen[key][0] != s:
+                raise GolfError(f"{data_path}: {f.name} ({s}) is the same file as {seen[key][1].name} "
+                                f"({seen[key][0]}): the train and val splits must not share shards; re-create the "
+                                f"folder with `make data`")
+            seen[key] = (s, f)
+    return layout
+
+
+def shard_files(data_path: str | os.PathLike, split: str) -> list[Path]:
+    """One split's shard files (see split_layout: the manifest's list, checked)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    files = split_layout(data_path)[split]
+    if not files:
+        where = ("its manifest.json lists none" if (Path(data_path) / "manifest.json").is_file()
+                 else f"it has no manifest.json and no fineweb_{split}_NNNNNN.bin (the challenge's names)")
+        raise GolfError(f"no {split} shards in {data_path}: {where}; run `make data` or set DATA_PATH to a "
+                        f"prepared data folder")
+    return files
+
+
+def split_tokens(data_path: str | os.PathLike, split: str) -> int:
+    return sum(read_header(f) for f in shard_files(data_path, split))
+
+
+def check_data_folder(data_path: str | os.PathLike) -> dict:
+    """split_layout plus every shard's sha256 against the manifest (reads every byte)."""
+    data_path = Path(data_path)
+    layout = split_layout(data_path)
+    manifest = read_manifest(data_path) if (data_path / "manifest.json").is_file() else {}
+    for s in SPLITS:
+        for item in (manifest.get("splits", {}).get(s, {}).get("files") or []):
+            if isinstance(item, dict) and item.get("sha256"):
+                have = sha256_file(data_path / item["name"])
+                if have != item["sha256"]:
+                    raise GolfError(f"{data_path / item['name']}: sha256 {have[:12]}… but the manifest says "
+                                    f"{item['sha256'][:12]}…; re-create the folder with `make data`")
+    return {s: {"files": [f.name for f in layout[s]], "tokens": sum(read_header(f) for f in layout[s])}
+            for s in SPLITS if layout[s]}
+
+
+def manifest_vocab_size(data_path: str | os.PathLike) -> int | None:
+    try:
+        return int(read_manifest(data_path)["tokenizer"]["vocab_size"])
+    except (GolfError, KeyError, TypeError, ValueError):
+        return None
+
+
+def load_split(data_path: str | os.PathLike, split: str, vocab_size: int | None = None,
+               max_tokens: int = 0) -> np.ndarray:
+    """All tokens of a split (shards in order), validated; max_tokens > 0 keeps only a prefix.
+
+    With vocab_size None the manifest's vocab size (if any) is checked."""
+    if vocab_size is None:
+        vocab_size = manifest_vocab_size(data_path)
+    parts, total = [], 0
+    for f in shard_files(data_path, split):
+        toks = read_shard(f, vocab_size)
+        if max_tokens and total + toks.size > max_tokens:
+            toks = toks[: max_tokens - total]
+        parts.append(toks)
+        total += toks.size
+        if max_tokens and total >= max_tokens:
+            break
+    if len(parts) == 1 and not max_tokens:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
+
+
+def tokenizer_path(data_path: str | os.PathLike) -> Path:
+    """The data folder's tokenizer file (from the manifest; else tokenizer.model / tokenizer.json)."""
+    data_path = Path(data_path)
+    mpath = data_path / "manifest.json"
+    if mpath.is_file():
+        name = read_manifest(data_path)["tokenizer"].get("file")
+        if name:
+            p = data_path / name
+            if not p.is_file():
+                raise GolfError(f"{mpath} names tokenizer {name} but {p} is missing; re-create the folder "
+                                f"with `make data`")
+            return p
+    for name in ("tokenizer.model", "tokenizer.json"):
+        if (data_path / name).is_file():
+            return data_path / name
+    raise GolfError(f"no tokenizer (tokenizer.model or tokenizer.json) in {data_path}; run `make data`")
+
+
+def check_tokenizer_matches(data_path: str | os.PathLike, tokenizer) -> None:
+    """Raise if `tokenizer` is not the one the folder's shards were made with (by SHA-256)."""
+    manifest = read_manifest(data_path)
+    want = manifest["tokenizer"].get("sha256")
+    if want and tokenizer.sha256 != want:
+        raise GolfError(
+            f"tokenizer (sha256 {tokenizer.sha256[:12]}…, vocab {tokenizer.vocab_size}) does not match the one "
+            f"the shards in {data_path} were made with (sha256 {want[:12]}…, vocab "
+            f"{manifest['tokenizer'].get('vocab_size')}, see {Path(data_path) / 'manifest.json'}); use "
+            f"{tokenizer_path(data_path)} (leave TOKENIZER_PATH empty) or re-create the shards with `make data`")
+    vs = manifest["tokenizer"].get("vocab_size")
+    if vs is not None and int(vs) != tokenizer.vocab_size:
+        raise GolfError(f"tokenizer vocab {tokenizer.vocab_size} != {vs} in {Path(data_path) / 'manifest.json'}; "
+                        f"use the folder's own tokenizer or re-create the shards with `make data`")
+
+
+def load_data_tokenizer(data_path: str | os.PathLike, path: str | os.PathLike | None = None):
+    """The tokenizer for a data folder (its own, or `path`), checked against the manifest."""
+    tok = load_tokenizer(path or tokenizer_path(data_path))
+    if (Path(data_path) / "manifest.json").is_file():
+        check_tokenizer_matches(data_path, tok)
+    return tok
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m golf.data.folder", description=__doc__.split("\n")[0])
+    p.add_argument("cmd", choices=["check", "info"],
+                   help="check: disjoint splits, token counts, every shard's sha256; info: the manifest's summary")
+    p.add_argument("data_path")
+    args = p.parse_args(argv)
+
+    @main_guard
+    def run():
+        if args.cmd == "check":
+            json.dump(check_data_folder(args.data_path), sys.stdout, indent=2)
+            print(f"\n{args.data_path}: OK")
+        else:
+            m = read_manifest(args.data_path)
+            json.dump({k: m.get(k) for k in ("name", "tokenizer", "splits")}, sys.stdout, indent=2)
+            print()
+
+    run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""`python -m golf.data.prepare`: corpus -> document split -> tokenizer -> a data folder (shards + manifest)."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+
+from golf.core.utils import GolfError, main_guard
+from golf.data.folder import SPLITS, read_manifest, shard_name, split_layout
+from golf.data.shards import HEADER_INTS, MAGIC, VERSION, write_shard
+
+DEFAULT_SHARD_TOKENS = 1 << 24  # 32 MiB a shard: a few files for a wiki shard, one for Shakespeare
+
+
+# ---------------------------------------------------------------------------------------------
+# writing a data folder: tokenize documents (in parallel processes) into shards + manifest
+
+_WORKER_TOK = None
+
+
+def _worker_init(kind: str, file_bytes: bytes) -> None:
+    global _WORKER_TOK
+    _WORKER_TOK = _make_tokenizer(kind, file_bytes)
+
+
+def _make_tokenizer(kind: str, file_bytes: bytes):
+    from golf.data.tokenizer import ByteTokenizer, SentencePieceTokenizer
+
+    return ByteTokenizer(file_bytes) if kind == "byte" else SentencePieceTokenizer(file_bytes)
+
+
+def encode_docs(tok, texts: list[str]) -> np.ndarray:
+    """BOS + tokens for each text, concatenated (uint16)."""
+    encoded = tok.encode_batch(texts)
+    out = np.empty(sum(len(e) for e in encoded) + len(encoded), dtype=np.uint16)
+    pos = 0
+    for e in encoded:
+        out[pos] = tok.bos_id
+        out[pos + 1: pos + 1 + len(e)] = e
+        pos += 1 + len(e)
+    return out
+
+
+def _encode_chunk(job):
+    split, texts = job
+    return split, encode_docs(_WORKER_TOK, texts), len(texts), sum(len(t.encode("utf-8", "replace")) for t in texts)
+
+
+class ShardWriter:
+    """Buffers a split's tokens and writes full shards `fineweb_<split>_NNNNNN.bin` as they fill."""
+
+    def __init__(self, folder: Path, split: str, shard_tokens: int):
+        self.folder, self.split, self.shard_tokens = folder, split, shard_tokens
+        self.buf = np.empty(shard_tokens, dtype=np.uint16)
+        self.fill = 0
+        self.files: list[dict] = []
+        self.tokens = self.docs = self.text_bytes = 0
+        self.max_id = -1
+
+    def add(self, toks: np.ndarray, docs: int, text_bytes: int) -> None:
+        self.docs += docs
+        self.text_bytes += text_bytes
+        self.tokens += toks.size
+        if toks.size:
+            self.max_id = max(self.max_id, int(toks.max()))
+        pos = 0
+        while pos < toks.size:
+            take = min(self.shard_tokens - self.fill, toks.size - pos)
+            self.buf[self.fill: self.fill + take] = toks[pos: pos + take]
+            self.fill += take
+            pos += take
+            if self.fill == self.shard_tokens:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.fill:
+            import hashlib
+
+            fname = shard_name(self.split, len(self.files))
+            path = write_shard(self.folder / fname, self.buf[: self.fill])
+            self.files.append({"name": fname, "tokens": int(self.fill),
+                               "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+            self.fill = 0
+
+    def summary(self) -> dict:
+        return {"docs": self.docs, "tokens": self.tokens, "text_bytes": self.text_bytes, "files": self.files}
+
+
+def _route_chunks(stream, chunk_bytes: int):
+    """(split, text) pairs -> (split, [texts]) chunks of about chunk_bytes characters, per split."""
+    batches = {s: ([], [0]) for s in SPLITS}
+    for split, text in stream:
+        batch, size = batches[split]
+        batch.append(text)
+        size[0] += len(text)
+        if size[0] >= chunk_bytes:
+            yield split, list(batch)
+            batch.clear()
+            size[0] = 0
+    for split, (batch, _) in batches.items():
+        if batch:
+            yield split, batch
+
+
+def _chunks_for_bench(texts: list[str], chunk_bytes: int = 1 << 20):
+    return _route_chunks((("train", t) for t in texts), chunk_bytes)
+
+
+def write_data_folder(out: str | os.PathLike, tokenizer, splits, name: str,
+                      shard_tokens: int = DEFAULT_SHARD_TOKENS, workers: int = 1,
+                      manifest_extra: dict | None = None, chunk_bytes: int = 1 << 20) -> dict:
+    """Tokenize `splits` = {"train": iterable of texts, "val": ...} (or one iterable of (split, text)
+    pairs, so a corpus is read once while it is split) into a complete data folder.
+
+    The folder is built under a temporary name and renamed into place at the end (an interrupted run
+    leaves nothing under `out`); an existing `out` is replaced. Tokenization runs in `workers`
+    processes (chunks of ~1 MB of text, results in order, so the output does not depend on workers).
+    Returns the manifest."""
+    import time
+
+    from golf.data.tokenizer import save_tokenizer
+    from golf.core.utils import atomic_dir, atomic_write_json, git_commit
+
+    if tokenizer.vocab_size > 2**16:
+        raise GolfError(f"vocab size {tokenizer.vocab_size} does not fit uint16 shards; use --vocab-size <= 65536")
+    t0 = time.time()
+    out = Path(out)
+    with atomic_dir(out, exist_ok=True) as tmp:
+        tok_file = save_tokenizer(tokenizer, tmp).name
+        writers = {s: ShardWriter(tmp, s, shard_tokens) for s in SPLITS}
+        if isinstance(splits, dict):
+            stream = ((s, text) for s, docs in splits.items() for text in docs)
+        else:
+            stream = splits
+        jobs = _route_chunks(stream, chunk_bytes)
+        if workers > 1:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")  # no fork: the parent may hold torch/OpenMP threads
+            with ctx.Pool(workers, initializer=_worker_init, initargs=(tokenizer.kind, tokenizer.file_bytes)) as pool:
+                for split, toks, ndocs, nbytes in pool.imap(_encode_chunk, jobs):
+                    writers[split].add(toks, ndocs, nbytes)
+        else:
+            for split, texts in jobs:
+                writers[split].add(encode_docs(tokenizer, texts), len(texts),
+                                   sum(len(t.encode("utf-8", "replace")) for t in texts))
+        for s, w in writers.items():
+            w.flush()
+            if w.docs == 0:
+                raise GolfError(f"the {s} split of {out} would be empty (no documents); check the corpus / --val "
+                                f"/ --val-frac")
+            if w.max_id >= tokenizer.vocab_size:
+                raise GolfError(f"tokenizer produced id {w.max_id} >= its vocab {tokenizer.vocab_size} (corrupt model?)")
+        manifest = {
+            "format": "golf-data-2",
+            "name": name,
+            "created_by": f"golf.data.prepare (commit {git_commit()})",
+            "tokenizer": {"kind": tokenizer.kind, "file": tok_file, "sha256": tokenizer.sha256,
+                          "vocab_size": tokenizer.vocab_size, "bos_id": tokenizer.bos_id},
+            "shard_format": {"magic": MAGIC, "version": VERSION, "header_int32": HEADER_INTS, "dtype": "uint16",
+                             "doc_prefix": "BOS", "shard_tokens": shard_tokens},
+            **(manifest_extra or {}),
+            "splits": {s: w.summary() for s, w in writers.items()},
+            "seconds": round(time.time() - t0, 2),
+        }
+        atomic_write_json(tmp / "manifest.json", manifest)
+        split_layout(tmp)  # the folder reads back as written: disjoint splits, the manifest's counts
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare: corpus -> split -> tokenizer -> data folder
+
+
+def doc_hash(text: str) -> int:
+    """64-bit BLAKE2b of a document's UTF-8 text: its place in the train/val split."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def val_hash_threshold(docs, val_frac: float) -> int:
+    """Split by document content, deterministically: order documents by doc_hash and take them into
+    val until they hold val_frac of the text bytes; return the last hash taken (val = hash <= it).
+
+    Identical documents share a hash, so duplicates never straddle the split; the split depends on
+    the texts only (not their order, the workers or the machine); val holds at least one document
+    even for a corpus of a few dozen works (a fixed hash cut would often leave Shakespeare's val
+    empty or one sonnet long)."""
+    pairs = sorted((doc_hash(t), len(t.encode("utf-8", "surrogatepass"))) for t in docs)
+    if not pairs:
+        raise GolfError("the corpus holds no documents (empty corpus); check the files and --text-field")
+    total, acc = sum(b for _, b in pairs), 0
+    for h, b in pairs:
+        acc += b
+        if acc >= val_frac * total:
+            return h
+    return pairs[-1][0]
+
+
+def _sources(spec: str) -> list[dict]:
+    from golf.data.corpus import source_files
+    from golf.core.utils import sha256_file
+
+    return [{"path": str(p), "sha256": sha256_file(p), "bytes": p.stat().st_size} for p in source_files(spec)]
+
+
+def _nonempty(docs):
+    return (t for t in docs if t.strip())
+
+
+def prepare(corpus: str = "shakespeare", val: str = "", tokenizer: str = "sp", vocab_size: int = 1024,
+            out: str | os.PathLike | None = None, text_field: str = "text", val_frac: float = 0.05,
+            workers: int = 0, shard_tokens: int = DEFAULT_SHARD_TOKENS,
+            tokenizer_sample_bytes: int = 16_000_000, force: bool = False) -> dict:
+    """Build a data folder from a corpus (see `python -m golf.data.prepare --help`); returns the manifest.
+
+    An existing folder made from the same sources and settings is kept as it is (unless force)."""
+    import time
+
+    from golf.data.corpus import corpus_stem, iter_documents
+    from golf.data.tokenizer import ByteTokenizer, train_sentencepiece
+
+    if tokenizer not in ("sp", "byte"):
+        raise GolfError(f"unknown tokenizer {tokenizer!r}; use --tokenizer sp or --tokenizer byte")
+    if not val and not 0.0 < val_frac < 1.0:
+        raise GolfError(f"--val-frac {val_frac} must lie in (0, 1) when no --val corpus is given")
+    name = corpus_stem(corpus)
+    out = Path(out) if out else Path("data") / "datasets" / f"{name}_{'sp%d' % vocab_size if tokenizer == 'sp' else 'byte'}"
+    workers = workers or os.cpu_count() or 1
+    t_start = time.time()
+    settings = {"corpus": corpus, "val": val or None, "tokenizer": tokenizer,
+                "vocab_size": vocab_size if tokenizer == "sp" else 260, "text_field": text_field,
+                "val_frac": None if val else val_frac, "split_rule": None if val else "blake2b-order-bytes-v1",
+                "shard_tokens": shard_tokens,
+                "tokenizer_sample_bytes": tokenizer_sample_bytes if tokenizer == "sp" else None}
+    corpus_sources = _sources(corpus)
+    val_sources = _sources(val) if val else None
+    if (out / "manifest.json").is_file() and not force:
+        try:
+            old = read_manifest(out)
+        except GolfError:
+            old = {}
+        # golf-data-1 folders named shards after the corpus (issue 13): re-made with fixed names
+        if (old.get("format") == "golf-data-2" and old.get("settings") == settings and old.get("corpus", {}).get("sources") == corpus_sources
+                and (old.get("val_corpus") or {}).get("sources") == val_sources):
+            print(f"{out} is up to date (same sources and settings); --force rebuilds it", flush=True)
+            return old
+
+    def train_docs():
+        docs = _nonempty(iter_documents(corpus, text_field))
+        return docs if val else (t for t in docs if doc_hash(t) > threshold)
+
+    # Without --val: a first pass over the corpus fixes the hash threshold of the val split.
+    threshold = None if val else val_hash_threshold(_nonempty(iter_documents(corpus, text_field)), val_frac)
+    tok_info = None
+    if tokenizer == "byte":
+        tok = ByteTokenizer()
+    else:
+        t0 = time.time()
+        lines, size = [], 0
+        for text in train_docs():
+            for line in text.split("\n"):  # SentencePiece drops over-long "sentences": feed paragraphs
+                lines.append(line)
+                size += len(line)
+            if size >= tokenizer_sample_bytes:
+                break
+        tok = train_sentencepiece(lines, vocab_size, num_threads=workers)
+        tok_info = {"sample_chars": size, "sample_lines": len(lines), "seconds": round(time.time() - t0, 2),
+                    "note": "the first tokenizer_sample_bytes of training text, split into lines"}
+        print(f"tokenizer: SentencePiece BPE {tok.vocab_size} trained on {size / 1e6:.1f} MB in "
+              f"{tok_info['seconds']} s", flush=True)
+
+    if val:
+        stream = ((s, t) for s, docs in (("train", train_docs()), ("val", _nonempty(iter_documents(val, text_field))))
+                  for t in docs)
+        split_info = {"method": "files", "val": val}
+    else:
+        stream = (("val" if doc_hash(t) <= threshold else "train", t)
+                  for t in _nonempty(iter_documents(corpus, text_field)))
+        split_info = {"method": "hash", "val_frac": val_frac,
+                      "rule": "documents in blake2b-64 order until val_frac of the bytes (golf.data.prepare.val_hash_threshold)",
+                      "threshold": threshold}
+    t0 = time.time()
+    manifest = write_data_folder(
+        out, tok, stream, name=name, shard_tokens=shard_tokens, workers=workers,
+        manifest_extra={
+            "corpus": {"spec": corpus, "text_field": text_field, "sources": corpus_sources},
+            "val_corpus": {"spec": val, "text_field": text_field, "sources": val_sources} if val else None,
+            "split": split_info,
+            "tokenizer_training": tok_info,
+            "settings": settings,
+            "workers": workers,
+        })
+    secs = time.time() - t0
+    total_bytes = sum(manifest["splits"][s]["text_bytes"] for s in SPLITS)
+    for s in SPLITS:
+        sp = manifest["splits"][s]
+        print(f"{s}: {sp['docs']} docs, {sp['tokens']:,} tokens, {sp['text_bytes'] / 1e6:.2f} MB text, "
+              f"{len(sp['files'])} shard(s)", flush=True)
+    print(f"wrote {out} in {time.time() - t_start:.1f} s (tokenize+write {secs:.1f} s, "
+          f"{total_bytes / 1e6 / max(secs, 1e-9):.1f} MB/s with {workers} worker(s))", flush=True)
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m golf.data.prepare", description=__doc__.split("\n")[0])
+    p.add_argument("--corpus", default="shakespeare",
+                   help="'shakespeare' (default), file(s)/glob (.jsonl[.gz|.zst], .parquet, .txt) or a Hub dataset")
+    p.add_argument("--val", default="", help="validation corpus (same forms); empty = split --corpus by document")
+    p.add_argument("--tokenizer", default="sp", choices=["sp", "byte"])
+    p.add_argument("--vocab-size", type=int, default=1024)
+    p.add_argument("--out", default="", help="output folder (default data/datasets/<corpus>_sp<vocab> or _byte)")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--val-frac", type=float, default=0.05)
+    p.add_argument("--workers", type=int, default=0, help="tokenizer processes (0 = all cores)")
+    p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS)
+    p.add_argument("--tokenizer-sample-mb", type=float, default=16.0,
+                   help="MB of training text the SentencePiece model is trained on")
+    p.add_argument("--force", action="store_true", help="rebuild even if the folder is already up to date")
+    args = p.parse_args(argv)
+    main_guard(prepare)(corpus=args.corpus, val=args.val, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                        out=args.out or None, text_field=args.text_field, val_frac=args.val_frac,
+                        workers=args.workers, shard_tokens=args.shard_tokens,
+                        tokenizer_sample_bytes=int(args.tokenizer_sample_mb * 1e6), force=args.force)
+
+
+if __name__ == "__main__":
+    main()
