@@ -80,8 +80,8 @@ def export_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str,
     """The weights that go into the artifact and each one's quant group.
 
     Uses `model.export_state_dict()` when the model has it (drops MTP heads, may return EMA weights),
-    else `state_dict()`. Groups come from the parameters' tags (golf.memory.base); buffers -> "buffer"."""
-    from golf.memory.base import quant_group_of
+    else `state_dict()`. Groups come from the parameters' tags (golf.model.mixer); buffers -> "buffer"."""
+    from golf.model.mixer import quant_group_of
 
     sd = model.export_state_dict() if hasattr(model, "export_state_dict") else model.state_dict()
     params = dict(model.named_parameters(remove_duplicate=False))
@@ -299,7 +299,7 @@ def decode_tensors(header: dict[str, Any], raw: bytes) -> dict[str, torch.Tensor
 
 
 def _build_gpt(model_config: dict[str, Any]) -> nn.Module:
-    from golf.model import GPT
+    from golf.model.gpt import GPT
 
     return GPT(dict(model_config), with_mtp=False)  # training-only heads are never rebuilt for eval
 
@@ -309,7 +309,7 @@ def load_artifact(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model (eval mode, on `device`) from an artifact. Returns (model, meta) where meta
     has model_config, tokenizer_sha256, config, commit, tensors, bytes. `build_model(model_config)`
-    defaults to golf.model.GPT without MTP heads."""
+    defaults to golf.model.gpt.GPT without MTP heads."""
     header, raw = read_artifact(path)
     sd = decode_tensors(header, raw)
     model = (build_model or _build_gpt)(header["model_config"])

@@ -69,7 +69,7 @@ def _module_path(root: Path, name: str) -> tuple[Path, bool] | None:
 
 def _imported_names(tree: ast.AST, this: str, is_pkg: bool) -> set[str]:
     """Every golf module named anywhere in the source: import statements (top level or inside
-    functions: lazy imports still run at training time) and string literals like "golf.memory.x"
+    functions: lazy imports still run at training time) and string literals like "golf.model.mechanisms.x"
     (importlib.import_module registries)."""
     out: set[str] = set()
     pkg = this if is_pkg else this.rpartition(".")[0]

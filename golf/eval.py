@@ -169,7 +169,7 @@ def evaluate_bpb(
     mine = _rank_slice(len(starts), rank, world_size)
     scored_np = n_scored[mine]  # host copy: choosing how many positions to score needs no GPU sync
     # A window scores only its last n <= stride positions (the first window all seq_len): a model
-    # whose forward takes `last` (golf.model.GPT) computes the head and loss for those alone. Two
+    # whose forward takes `last` (golf.model.gpt.GPT) computes the head and loss for those alone. Two
     # widths only (seq_len, stride), so a compiled forward sees at most two shapes.
     inner = getattr(model, "_orig_mod", model)  # a torch.compile'd model's own forward
     score_last = "last" in inspect.signature(inner.forward).parameters

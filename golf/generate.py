@@ -3,7 +3,7 @@
 Two decoding paths behind one `sample(...)`:
 - full recompute: run the whole model on the context for every new token. Works for any model.
 - incremental: for models whose sequence mixers are all recurrent (stream, deltanet, hypermix) or
-  attention (attn, swa; golf/attention.py), each mixer carries its state from token to token: a
+  attention (attn, swa; golf/model/attention.py), each mixer carries its state from token to token: a
   recurrent one its state, an attention one a KV cache (keys after q/k norm and RoPE at their
   absolute positions, memory-token prefix first; sliding-window layers keep only the prefix and
   their window). A new token then costs one position per layer instead of the whole context.
@@ -36,7 +36,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from golf.layers import BOS_ID
+from golf.model.layers import BOS_ID
 from golf.core.utils import GolfError, main_guard
 
 WINDOW = 4  # tokens fed to the embeddings per incremental step (features look back 1 token)

@@ -1,6 +1,6 @@
 """Optimizers: Muon for 2-D weight matrices, AdamW for everything else.
 
-Parameters are routed by their optim tag (golf/memory/base.py `optim_group_of`), so a new mechanism
+Parameters are routed by their optim tag (golf/model/mixer.py `optim_group_of`), so a new mechanism
 picks its optimizer by tagging, never by editing this file:
   "matrix" -> Muon (MATRIX_LR, MUON_WEIGHT_DECAY)
   "embed"  -> AdamW (EMBED_LR, ADAM_WEIGHT_DECAY)
@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from golf.memory.base import optim_group_of
+from golf.model.mixer import optim_group_of
 
 
 @torch.no_grad()

@@ -70,7 +70,7 @@ def bits_for_group(group: str, h_or_cfg: Any) -> int:
     elif group == "control":
         return FP16
     else:
-        raise ValueError(f"unknown quant group {group!r} (see golf/memory/base.py QUANT_GROUPS)")
+        raise ValueError(f"unknown quant group {group!r} (see golf/model/mixer.py QUANT_GROUPS)")
     if bits >= FP16 or bits <= 0:
         return FP16
     if not 2 <= bits <= 8:
@@ -94,7 +94,7 @@ def bits_for_tensor(t: Tensor, group: str, h_or_cfg: Any) -> int:
 def quant_plan(model: torch.nn.Module, h_or_cfg: Any) -> dict[str, int]:
     """{parameter name: bits} for every parameter (16 = fp16). The trainer sets QAT bit widths from
     this and the exporter quantises with it, so both always agree."""
-    from golf.memory.base import quant_group_of
+    from golf.model.mixer import quant_group_of
 
     return {name: bits_for_tensor(p, quant_group_of(p), h_or_cfg) for name, p in model.named_parameters()}
 
@@ -234,7 +234,7 @@ def estimate_artifact_bytes(model: torch.nn.Module, h_or_cfg: Any, code_bytes: i
     a measured ratio; + header; + code (the bundled train_gpt.py, measured when golf.bundle can
     build it, else a typical figure). Returns {"groups": {group: {params, bits, bytes}}, "header",
     "code", "total", "cap", "fits"}."""
-    from golf.memory.base import quant_group_of
+    from golf.model.mixer import quant_group_of
 
     groups: dict[str, dict[str, Any]] = {}
     seen: set[int] = set()

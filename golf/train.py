@@ -77,7 +77,7 @@ def setup_distributed(h) -> Dist:
         raise GolfError("DEVICE=cuda but no CUDA device is visible; use DEVICE=cpu or DEVICE=auto")
     if want not in ("cpu", "cuda"):
         raise GolfError(f"DEVICE={h.device!r}: use auto, cpu or cuda")
-    from golf.model import layer_mixers
+    from golf.model.gpt import layer_mixers
 
     if want == "cpu" and str(h.flex_attention).lower() == "on" and "swa" in layer_mixers(h.model_config()):
         # torch's flex_attention has no CPU backward (2.11 and 2.13 alike): fail before compiling
@@ -114,7 +114,7 @@ def batch_layout(h, world_size: int, device_type: str) -> tuple[int, int]:
 
 
 def build_model(h, device: torch.device) -> nn.Module:
-    from golf.model import GPT
+    from golf.model.gpt import GPT
 
     return GPT(h.model_config()).to(device)
 

@@ -27,7 +27,7 @@ def randomize(module, std=0.1, seed=0, skip=()):
 def live_mixer(name, cfg, seed=0):
     """The registered mixer `name` built from `cfg`, its zero-initialised output projection moved
     off zero (a fresh layer outputs 0, which would make every check trivial)."""
-    from golf.memory.base import build_mixer
+    from golf.model.mechanisms import build_mixer
 
     torch.manual_seed(seed)
     m = build_mixer(name, cfg, 0)

@@ -7,8 +7,8 @@ from torch import nn
 
 from golf.artifact import FORMAT_VERSION, MAGIC, load_artifact, read_artifact, save_artifact
 from golf.core.config import load_config
-from golf.memory.base import tag
-from golf.model import GPT
+from golf.model.mixer import tag
+from golf.model.gpt import GPT
 from golf.quant import estimate_artifact_bytes, quantize_model_
 from golf.core.utils import GolfError
 

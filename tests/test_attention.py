@@ -3,9 +3,10 @@ chunks, full and sliding-window, with memory-token prefixes and GQA."""
 import pytest
 import torch
 
-from golf import attention
-from golf.layers import Rotary
-from golf.memory.base import MixerContext, build_mixer
+from golf.model import attention
+from golf.model.layers import Rotary
+from golf.model.mixer import MixerContext
+from golf.model.mechanisms import build_mixer
 from golf.core.utils import GolfError
 
 from modelkit import randomize, small_cfg

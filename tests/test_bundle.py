@@ -14,11 +14,11 @@ from golf.core.utils import GolfError
 
 def test_closure_has_what_training_needs_and_no_bench():
     mods = collect_modules()
-    for m in ("__main__", "golf", "golf.train", "golf.model", "golf.quant", "golf.memory.base", "golf.core.config"):
+    for m in ("__main__", "golf", "golf.train", "golf.model.gpt", "golf.quant", "golf.model.mixer", "golf.core.config"):
         assert m in mods, m
-    assert "golf.memory.stream" in mods  # reached through the importlib registry strings
+    assert "golf.model.mechanisms.stream" in mods  # reached through the importlib registry strings
     assert not any(m.startswith(("golf.bench", "golf.bundle")) for m in mods)
-    assert mods["golf.memory"][0] and not mods["golf.model"][0]  # package flags
+    assert mods["golf.model.mechanisms"][0] and not mods["golf.model.gpt"][0]  # package flags
     assert heavy_top_level_imports(mods) == {}, "these golf modules import optional deps at top level"
 
 

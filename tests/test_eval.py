@@ -196,7 +196,7 @@ def test_contexts_and_val_loss_views(luts):
 
 def test_real_gpt_if_present(luts):
     """The same agreement on the project's GPT (memory tokens, BigramHash, SmearGate on)."""
-    model_mod = pytest.importorskip("golf.model")
+    model_mod = pytest.importorskip("golf.model.gpt")
     from golf.core.config import load_config
 
     h = load_config(["--num-layers", "2", "--model-dim", "32", "--num-heads", "2", "--num-kv-heads", "1",
@@ -217,7 +217,7 @@ def test_compiled_eval_is_one_static_graph(luts):
     seq_len (the first batch) or stride (all others), so a whole eval compiles exactly two graphs
     with no breaks, and its result equals the reference."""
     from golf.core.config import load_config
-    from golf.model import GPT
+    from golf.model.gpt import GPT
     from golf.core.utils import compile_stats
 
     h = load_config(["--num-layers", "2", "--model-dim", "32", "--num-heads", "2", "--num-kv-heads", "1",

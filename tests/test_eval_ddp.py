@@ -27,7 +27,7 @@ WORKER = textwrap.dedent('''
     torch.set_num_threads(1)
     from golf.data.bpb import build_luts
     from golf.eval import evaluate_bpb
-    from golf.model import GPT
+    from golf.model.gpt import GPT
     from golf.data.tokenizer import ByteTokenizer
     import eval_bpb
 
@@ -56,7 +56,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     from golf.artifact import load_artifact, save_artifact
     from golf.core.config import load_config
     from golf.data.shards import write_shard
-    from golf.model import GPT
+    from golf.model.gpt import GPT
     from golf.core.utils import atomic_write_json
 
     tok = ByteTokenizer()

@@ -38,7 +38,7 @@ def _data_folder(root: Path, n_docs: int = 12, sha: str | None = None, vocab: in
 def setup(tmp_path_factory):
     pytest.importorskip("golf.artifact")
     from golf.artifact import save_artifact
-    from golf.model import GPT
+    from golf.model.gpt import GPT
 
     root = tmp_path_factory.mktemp("ev")
     data = _data_folder(root)

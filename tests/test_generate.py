@@ -6,7 +6,7 @@ from torch import nn
 
 from golf.core.config import Hyperparameters
 from golf.generate import IncrementalDecoder, filter_logits, incremental_supported, pick, sample
-from golf.model import GPT
+from golf.model.gpt import GPT
 
 from modelkit import randomize, small_cfg
 

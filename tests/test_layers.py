@@ -4,7 +4,7 @@ import types
 import pytest
 import torch
 
-from golf.layers import MLP, CastedLinear, RMSNorm, Rotary, apply_rotary
+from golf.model.layers import MLP, CastedLinear, RMSNorm, Rotary, apply_rotary
 
 
 def test_casted_linear_keeps_fp32_weight_and_follows_input_dtype():

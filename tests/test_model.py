@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from golf.core.config import Hyperparameters, load_config
-from golf.layers import CastedLinear
-from golf.memory.base import OPTIM_GROUPS, QUANT_GROUPS, optim_group_of, quant_group_of
-from golf.model import GPT, count_params, layer_mixers
+from golf.model.layers import CastedLinear
+from golf.model.mixer import OPTIM_GROUPS, QUANT_GROUPS, optim_group_of, quant_group_of
+from golf.model.gpt import GPT, count_params, layer_mixers
 from golf.core.utils import GolfError
 
 from modelkit import randomize, small_cfg

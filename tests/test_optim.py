@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from golf.core.config import load_config
-from golf.memory.base import tag
+from golf.model.mixer import tag
 from golf.optim import (
     Muon,
     apply_schedule,
@@ -105,7 +105,7 @@ def test_groups_and_weight_decay():
 
 
 def test_real_model_memory_tokens_in_memory_group():
-    from golf.model import GPT
+    from golf.model.gpt import GPT
 
     h = load_config(["--num-layers", "2", "--model-dim", "32", "--num-heads", "2", "--num-kv-heads", "1",
                      "--rope-dims", "8", "--num-memory-tokens", "4", "--vocab-size", "64", "--bigram-vocab-size", "0",

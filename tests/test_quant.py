@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from golf.core.config import load_config
-from golf.memory.base import tag
+from golf.model.mixer import tag
 from golf.quant import (
     CLIP_RATIOS, FP16, bits_for_group, bits_for_tensor, clip_ratios, dequantize_rows, estimate_artifact_bytes,
     fake_quantize, qmax_for, quant_plan, quantize_dequantize, quantize_rows, quantize_rows_reference,
@@ -152,7 +152,7 @@ def test_quant_plan_on_tagged_module():
 
 
 def test_estimate_has_group_breakdown_and_flags_oversize():
-    from golf.model import GPT
+    from golf.model.gpt import GPT
 
     h = _h()
     model = GPT(h.model_config())

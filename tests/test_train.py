@@ -144,7 +144,7 @@ def test_preflight_refuses_oversize(byte_data_dir, tmp_path):
 
 
 def test_preflight_allow_oversize_goes_on():
-    from golf.model import GPT
+    from golf.model.gpt import GPT
     from golf.train import preflight
     from golf.core.utils import RunLog
 

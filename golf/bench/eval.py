@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from golf.core.config import load_config
     from golf.eval import _pick_device, evaluate_bpb
-    from golf.model import GPT, count_params
+    from golf.model.gpt import GPT, count_params
 
     h = load_config(["--preset", args.preset], env={})
     dev = _pick_device(args.device)

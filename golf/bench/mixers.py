@@ -26,8 +26,9 @@ GOAL_MIXERS = ("stream", "deltanet")
 
 def bench_one(name: str, cfg: dict, batch: int, seq_len: int, device: torch.device, dtype: torch.dtype,
               iters: int, warmup: int, compile_: bool) -> dict:
-    from golf.layers import Rotary
-    from golf.memory.base import MixerContext, build_mixer
+    from golf.model.layers import Rotary
+    from golf.model.mixer import MixerContext
+    from golf.model.mechanisms import build_mixer
 
     torch.manual_seed(0)
     mixer = build_mixer(name, cfg, 0).to(device)

@@ -43,7 +43,7 @@ def public_format_bytes(model) -> dict[str, Any]:
     import numpy as np
     import zstandard
 
-    from golf.memory.base import quant_group_of
+    from golf.model.mixer import quant_group_of
 
     exported = model.export_state_dict() if hasattr(model, "export_state_dict") else model.state_dict()
     params = dict(model.named_parameters())
@@ -89,7 +89,7 @@ def _size_figures(model, h, tag: str) -> dict[str, Any]:
 
 def bench_preset(preset: str = "record", overrides: dict[str, str] | None = None) -> dict[str, Any]:
     from golf.core.config import apply_overrides, load_config
-    from golf.model import GPT
+    from golf.model.gpt import GPT
 
     h = load_config([], env={}, preset=preset)
     if overrides:  # e.g. QUANT_CLIP_RATIOS=1.0

@@ -53,7 +53,7 @@ class Hyperparameters:
     mtp_num_heads: int = 0  # training-only multi-token-prediction heads
     mtp_loss_weight: float = 0.1
     mtp_decay: float = 0.5  # weight of head k is mtp_loss_weight * mtp_decay**(k-1)
-    # --- memory mechanisms (golf/memory/) -------------------------------------------------------
+    # --- memory mechanisms (golf/model/mechanisms/) -------------------------------------------------------
     mixers: str = ""  # per-layer sequence mixers, comma-separated (e.g. "attn,attn,stream"); "" = all attn
     persistent_memory: int = 0  # learned key/value slots prepended in every attention layer
     attn_window: int = 0  # sliding-window size in tokens for "swa" layers; 0 = derived from window_frac
@@ -130,7 +130,7 @@ class Hyperparameters:
         if self.rope_dims < 0 or self.rope_dims > self.head_dim or self.rope_dims % 2:
             raise GolfError(f"ROPE_DIMS={self.rope_dims} must be even and between 0 and the head dim {self.head_dim}")
         if self.mixers:
-            from golf.model import layer_mixers  # the one place MIXERS patterns are expanded
+            from golf.model.gpt import layer_mixers  # the one place MIXERS patterns are expanded
 
             layer_mixers(self.model_config())
         for name, allowed in (("compile", ("auto", "on", "off")), ("flex_attention", ("auto", "on", "off"))):

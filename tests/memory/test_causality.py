@@ -3,10 +3,10 @@ changing inputs at positions > t must leave outputs at positions <= t unchanged.
 import pytest
 import torch
 
-from golf.layers import BOS_ID, Rotary
-from golf.memory import load_all
-from golf.memory.base import MIXERS, MixerContext, build_mixer
-from golf.model import GPT
+from golf.model.layers import BOS_ID, Rotary
+from golf.model.mixer import MixerContext
+from golf.model.mechanisms import MIXERS, build_mixer
+from golf.model.gpt import GPT
 
 from modelkit import randomize, small_cfg as _small_cfg
 
@@ -18,13 +18,16 @@ def small_cfg(**kw):
 
 
 def _mixer_names():
-    load_all()
     return sorted(MIXERS)
 
 
-def test_core_mixers_registered():
-    names = _mixer_names()
-    assert "attn" in names and "swa" in names
+def test_registry_holds_every_mixer_and_mechanism():
+    from golf.model.mechanisms import MECHANISMS
+
+    assert sorted(MIXERS) == ["attn", "deltanet", "hypermix", "stream", "swa"]
+    assert sorted(MECHANISMS) == ["memory_tokens", "persistent_memory", "weight_tied"]
+    for name, cls in {**MIXERS, **MECHANISMS}.items():
+        assert cls.name == name  # the registry key is the class's own name
 
 
 @pytest.mark.parametrize("name", _mixer_names())

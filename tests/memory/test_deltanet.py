@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from golf.memory.base import MixerContext, optim_group_of, quant_group_of
-from golf.memory.deltanet import GatedDeltaNet, chunk_gated_delta
+from golf.model.mixer import MixerContext, optim_group_of, quant_group_of
+from golf.model.mechanisms.deltanet import GatedDeltaNet, chunk_gated_delta
 
 from modelkit import grads_of, live_mixer
 

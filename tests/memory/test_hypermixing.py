@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from golf.memory.base import MixerContext, optim_group_of, quant_group_of
-from golf.memory.hypermixing import HyperMixing
+from golf.model.mixer import MixerContext, optim_group_of, quant_group_of
+from golf.model.mechanisms.hypermixing import HyperMixing
 
 from modelkit import live_mixer
 
@@ -61,7 +61,7 @@ def test_byte_level_model_trains_a_step():
     """A byte-level model (vocab 260) whose every layer is HyperMixing: finite loss, gradients reach
     the mixer, and the model stays causal end to end."""
     from golf.core.config import Hyperparameters
-    from golf.model import GPT
+    from golf.model.gpt import GPT
 
     h = Hyperparameters(vocab_size=260, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2,
                         mixers="hypermix,hypermix", num_memory_tokens=0, bigram_vocab_size=0)

@@ -1,8 +1,8 @@
 import torch
 
-from golf.attention import attend_slots
-from golf.memory.base import optim_group_of, quant_group_of
-from golf.model import GPT, count_params
+from golf.model.attention import attend_slots
+from golf.model.mixer import optim_group_of, quant_group_of
+from golf.model.gpt import GPT, count_params
 
 from modelkit import randomize as _randomize, small_cfg as _small_cfg
 

@@ -5,7 +5,8 @@ close to fp32. (Mechanism-specific checks live in test_<mixer>.py.)"""
 import pytest
 import torch
 
-from golf.memory.base import MIXERS, MixerContext, build_mixer
+from golf.model.mixer import MixerContext
+from golf.model.mechanisms import MIXERS, build_mixer
 
 from modelkit import live_mixer
 

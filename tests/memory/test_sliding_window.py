@@ -2,9 +2,10 @@ import math
 
 import torch
 
-from golf.layers import Rotary, apply_rotary, rms_norm
-from golf.memory.base import MixerContext, build_mixer
-from golf.model import GPT, layer_mixers
+from golf.model.layers import Rotary, apply_rotary, rms_norm
+from golf.model.mixer import MixerContext
+from golf.model.mechanisms import build_mixer
+from golf.model.gpt import GPT, layer_mixers
 
 from modelkit import small_cfg
 

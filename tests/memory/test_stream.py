@@ -3,8 +3,8 @@ decays over long sequences, parameter tags."""
 import pytest
 import torch
 
-from golf.memory.base import MixerContext, optim_group_of, quant_group_of
-from golf.memory.stream import StreamMixer, stream_scan
+from golf.model.mixer import MixerContext, optim_group_of, quant_group_of
+from golf.model.mechanisms.stream import StreamMixer, stream_scan
 
 from modelkit import grads_of, live_mixer
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from golf.model import GPT, count_params
+from golf.model.gpt import GPT, count_params
 from golf.core.utils import GolfError
 
 from modelkit import small_cfg as _small_cfg

@@ -3,7 +3,7 @@
 A *sequence mixer* replaces a block's attention: it maps x [B, T, D] to y [B, T, D] and may only
 look at positions <= t to produce position t (tests/memory check this for every registered mixer).
 Mixers are chosen per layer by `MIXERS=attn,attn,stream,...`; the backbone never imports a
-mechanism directly, only this registry.
+mechanism directly, only the registry (golf/model/mechanisms/__init__.py).
 
 Every parameter carries two tags, read by the quantiser (golf/quant.py) and the optimizer
 (golf/optim.py), so a new mechanism never edits either:
@@ -118,39 +118,9 @@ class SequenceMixer(nn.Module):
         return torch.stack(ys, dim=1)
 
 
-MIXERS: dict[str, type[SequenceMixer]] = {}
-
-
-def register(cls: type[SequenceMixer]) -> type[SequenceMixer]:
-    """Class decorator: make a mixer selectable by name in MIXERS=..."""
-    assert cls.name and cls.name not in MIXERS, cls.name
-    MIXERS[cls.name] = cls
-    return cls
-
-
-def build_mixer(name: str, cfg: dict[str, Any], layer_idx: int) -> SequenceMixer:
-    from golf.memory import load_all
-    from golf.core.utils import GolfError
-
-    load_all()  # registers every mechanism
-
-    if name not in MIXERS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(MIXERS), n=3)
-        raise GolfError(
-            f"MIXERS: unknown mixer {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
-            + f" (known: {', '.join(sorted(MIXERS))})"
-        )
-    return MIXERS[name](cfg, layer_idx)
-
-
-Factory = Callable[[dict[str, Any], int], SequenceMixer]
-
-
 # ---------------------------------------------------------------------------------------------
 # Model-level mechanisms: things that are not a per-layer sequence mixer (memory tokens, persistent
-# memory, weight-tied depth). The backbone (golf/model.py) builds every enabled one and only calls
+# memory, weight-tied depth). The backbone (golf/model/gpt.py) builds every enabled one and only calls
 # the hooks below, so a new mechanism never edits the backbone. Default hooks do nothing.
 
 
@@ -190,20 +160,3 @@ class ModelMechanism(nn.Module):
     def attention_extra(self, layer_idx: int, q: Tensor) -> Tensor | None:
         """Extra per-head attention output [B, H, T, hd] for attention module `layer_idx`."""
         return None
-
-
-MECHANISMS: dict[str, type[ModelMechanism]] = {}
-
-
-def register_mechanism(cls: type[ModelMechanism]) -> type[ModelMechanism]:
-    """Class decorator: the backbone builds this mechanism whenever `cls.enabled(cfg)`."""
-    assert cls.name and cls.name not in MECHANISMS, cls.name
-    MECHANISMS[cls.name] = cls
-    return cls
-
-
-def build_mechanisms(cfg: dict[str, Any]) -> list[ModelMechanism]:
-    from golf.memory import load_all
-
-    load_all()
-    return [cls(cfg) for name, cls in sorted(MECHANISMS.items()) if cls.enabled(cfg)]

@@ -11,11 +11,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from golf.memory.base import ModelMechanism, register_mechanism, tag
+from golf.model.mixer import ModelMechanism, tag
 from golf.core.utils import GolfError
 
 
-@register_mechanism
 class WeightTiedDepth(ModelMechanism):
     name = "weight_tied"
 

@@ -23,11 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from golf.layers import CastedLinear, rms_norm
-from golf.memory.base import MixerContext, SequenceMixer, register, tag
+from golf.model.layers import CastedLinear, rms_norm
+from golf.model.mixer import MixerContext, SequenceMixer, tag
 
 
-@register
 class HyperMixing(SequenceMixer):
     """Causal multi-head HyperMixing; see the module docstring."""
 

@@ -88,7 +88,7 @@ class MLP(nn.Module):
 
     def __init__(self, dim: int, mult: float):
         super().__init__()
-        from golf.memory.base import tag
+        from golf.model.mixer import tag
 
         hidden = int(round(mult * dim))
         self.fc = CastedLinear(dim, hidden)

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from golf.layers import CastedLinear, rms_norm
-from golf.memory.base import MixerContext, SequenceMixer, register, tag
+from golf.model.layers import CastedLinear, rms_norm
+from golf.model.mixer import MixerContext, SequenceMixer, tag
 
 
 def _chunk_weights(log_a: Tensor, r: Tensor, C: int) -> tuple[Tensor, Tensor]:
@@ -96,7 +96,6 @@ def stream_scan(log_a: Tensor, r: Tensor, u: Tensor, chunk: int, state: Tensor |
     return states.reshape(B, n * C, M, E)[:, :T], last
 
 
-@register
 class StreamMixer(SequenceMixer):
     """Mnemo-style stream mixer; see the module docstring."""
 

@@ -12,10 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from golf.memory.base import ModelMechanism, register_mechanism, tag
+from golf.model.mixer import ModelMechanism, tag
 
 
-@register_mechanism
 class MemoryTokens(ModelMechanism):
     name = "memory_tokens"
 

@@ -1,7 +1,7 @@
 """Sliding-window attention, mixer "swa": each token attends to the last ATTN_WINDOW tokens (or
 ATTN_WINDOW_FRAC of TRAIN_SEQ_LEN when ATTN_WINDOW=0) plus every memory-token prefix position.
 Mix local and global layers per layer, e.g. MIXERS=swa,swa,swa,attn (tiled over NUM_LAYERS) or
-MIXERS=swa_pattern with GLOBAL_EVERY=4 (3 local : 1 global; golf.model.layer_mixers).
+MIXERS=swa_pattern with GLOBAL_EVERY=4 (3 local : 1 global; golf.model.gpt.layer_mixers).
 Credit: Longformer (Beltagy et al. 2020); local:global interleaving as in Gemma 2/3.
 The window is fixed in tokens at build time, so evaluating at a longer context keeps it.
 """
@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from golf.attention import CausalSelfAttention
-from golf.memory.base import register
+from golf.model.attention import CausalSelfAttention
 from golf.core.utils import GolfError
 
 
-@register
 class SlidingWindowAttention(CausalSelfAttention):
     name = "swa"
 

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from golf.attention import attend_slots
-from golf.layers import rms_norm
-from golf.memory.base import ModelMechanism, register_mechanism, tag
+from golf.model.attention import attend_slots
+from golf.model.layers import rms_norm
+from golf.model.mixer import ModelMechanism, tag
 
 
 def num_attention_modules(cfg: dict[str, Any]) -> int:
@@ -26,7 +26,6 @@ def num_attention_modules(cfg: dict[str, Any]) -> int:
     return int(cfg.get("unique_layers", 0)) or int(cfg["num_layers"])
 
 
-@register_mechanism
 class PersistentMemory(ModelMechanism):
     name = "persistent_memory"
 

@@ -5,7 +5,7 @@ per-head query gain (QK_GAIN_INIT), partial RoPE (ROPE_DIMS of the head dim), al
 parameter-golf records. Attention runs through F.scaled_dot_product_attention (no FlashAttention
 dependency); compiled sliding-window layers on CUDA use flex_attention with a block-sparse mask.
 Memory-token prefix positions come first in the sequence, so the causal mask already makes them
-visible to every real token; a sliding window (golf/memory/sliding_window.py) keeps them visible
+visible to every real token; a sliding window (golf/model/mechanisms/sliding_window.py) keeps them visible
 explicitly.
 
 Incremental decoding (golf/generate.py): `forward_cached` runs new positions against a KVCache of
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from golf.layers import CastedLinear, apply_rotary, rms_norm
-from golf.memory.base import MixerContext, SequenceMixer, register, tag
+from golf.model.layers import CastedLinear, apply_rotary, rms_norm
+from golf.model.mixer import MixerContext, SequenceMixer, tag
 from golf.core.utils import GolfError
 
 
@@ -132,7 +132,6 @@ class KVCache:
     length: int  # the absolute position of the next token
 
 
-@register
 class CausalSelfAttention(SequenceMixer):
     name = "attn"
 

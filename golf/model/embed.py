@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from golf.layers import BOS_ID, CastedLinear
-from golf.memory.base import tag
+from golf.model.layers import BOS_ID, CastedLinear
+from golf.model.mixer import tag
 
 
 def doc_reset(idx: Tensor) -> Tensor:

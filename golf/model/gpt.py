@@ -5,7 +5,7 @@ tokens -> embedding (+ BigramHash) -> RMSNorm -> SmearGate -> [mechanism prefix,
           embedding x0, U-Net skips from the first half to the second, LN scale 1/sqrt(layer+1))
        -> drop the prefix -> RMSNorm -> tied lm head -> logit softcap.
 
-Per-layer sequence mixers come from the registry in golf/memory/base.py (MIXERS=attn,swa,stream,...);
+Per-layer sequence mixers come from the registry in golf/model/mechanisms/__init__.py (MIXERS=attn,swa,stream,...);
 model-level mechanisms (memory tokens, persistent memory, weight-tied depth) are ModelMechanism
 plug-ins whose hooks the backbone calls; there is no mechanism-specific code here.
 
@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from golf.embed import BigramHash, SmearGate
-from golf.layers import BOS_ID, MLP, CastedLinear, Rotary, rms_norm
-from golf.memory.base import MixerContext, build_mechanisms, build_mixer, tag
+from golf.model.embed import BigramHash, SmearGate
+from golf.model.layers import BOS_ID, MLP, CastedLinear, Rotary, rms_norm
+from golf.model.mixer import MixerContext, tag
+from golf.model.mechanisms import build_mechanisms, build_mixer
 from golf.core.utils import GolfError
 
 TRAINING_ONLY_PREFIXES = ("mtp_heads.",)  # parameters never exported into the artifact

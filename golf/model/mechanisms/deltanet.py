@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from golf.layers import CastedLinear, rms_norm
-from golf.memory.base import MixerContext, SequenceMixer, register, tag
+from golf.model.layers import CastedLinear, rms_norm
+from golf.model.mixer import MixerContext, SequenceMixer, tag
 
 CONV_SIZE = 4  # short causal conv, as in the paper / fla
 
@@ -122,7 +122,6 @@ def _fla_usable(q, k, v, g, beta, chunk) -> bool:  # pragma: no cover - needs CU
     return _FLA_OK
 
 
-@register
 class GatedDeltaNet(SequenceMixer):
     """Gated DeltaNet layer; see the module docstring."""
 
