@@ -53,27 +53,27 @@ train: install
 	$(PY) train_gpt.py
 
 train-and-submit: install
-	$(PY) -m golf.pipeline submit $(if $(NAME),--name "$(NAME)") $(if $(PRESET),--preset $(PRESET)) \
+	$(PY) -m golf.submit.pipeline submit $(if $(NAME),--name "$(NAME)") $(if $(PRESET),--preset $(PRESET)) \
 	    $(if $(SEEDS),--seeds $(SEEDS)) $(if $(TRACK),--track $(TRACK))
 
 ablate: install
-	$(PY) -m golf.pipeline ablate --name "$(NAME)" --a "$(A)" --b "$(B)" $(if $(SEEDS),--seeds $(SEEDS)) \
+	$(PY) -m golf.submit.pipeline ablate --name "$(NAME)" --a "$(A)" --b "$(B)" $(if $(SEEDS),--seeds $(SEEDS)) \
 	    $(if $(PRESET),--preset $(PRESET))
 
 leaderboard: install
-	$(PY) -m golf.leaderboard
+	$(PY) -m golf.submit.leaderboard
 
 verify: install
-	$(PY) -m golf.pipeline verify --record "$(RECORD)" $(if $(ARTIFACT),--artifact "$(ARTIFACT)")
+	$(PY) -m golf.submit.pipeline verify --record "$(RECORD)" $(if $(ARTIFACT),--artifact "$(ARTIFACT)")
 
 bundle: install
-	$(PY) -m golf.bundle $(if $(RECORD),--record "$(RECORD)")
+	$(PY) -m golf.compress.bundle $(if $(RECORD),--record "$(RECORD)")
 
 check-size: install
 	$(PY) quantize.py --check "$(ARTIFACT)"
 
 generate: install
-	$(PY) -m golf.generate --artifact "$(ARTIFACT)" $(if $(PROMPT),--prompt "$(PROMPT)")
+	$(PY) -m golf.eval.generate --artifact "$(ARTIFACT)" $(if $(PROMPT),--prompt "$(PROMPT)")
 
 # The README's test command; .ci/run calls exactly this.
 test: install

@@ -15,7 +15,7 @@ from golf.core.utils import main_guard
 
 @main_guard
 def main() -> None:
-    from golf.artifact import check_size, format_size, quantize_checkpoint
+    from golf.compress.artifact import check_size, format_size, quantize_checkpoint
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = ap.add_mutually_exclusive_group(required=True)
@@ -24,7 +24,7 @@ def main() -> None:
     ap.add_argument("--out", help="artifact path (default: model.ptz next to the checkpoint)")
     ap.add_argument("--code", help="the submitted code file (default: the bundle, generated now)")
     ap.add_argument("--packing", default="int8", choices=["int8", "bits", "auto"],
-                    help="integer layout (golf/pack.py; int8 byte containers compress best in our measurements)")
+                    help="integer layout (golf/compress/pack.py; int8 byte containers compress best in our measurements)")
     ap.add_argument("--json", action="store_true", help="print the size report as JSON")
     a = ap.parse_args()
     if a.check:

@@ -9,7 +9,7 @@ from golf.core.utils import main_guard
 @main_guard
 def main() -> None:
     from golf.core.config import load_config
-    from golf.train import train
+    from golf.train.trainer import train
 
     h = load_config(sys.argv[1:])
     summary = train(h)

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     from golf.core.config import load_config
-    from golf.eval import _pick_device, evaluate_bpb
+    from golf.eval.score import _pick_device, evaluate_bpb
     from golf.model.gpt import GPT, count_params
 
     h = load_config(["--preset", args.preset], env={})

@@ -9,7 +9,7 @@ stand-ins for trained weights, because a random init compresses very differently
 projections are nearly free; trained weights are not):
   "init":     the model as constructed (GPT's own init),
   "gaussian": every matrix redrawn from N(0, 0.02) (a pessimistic stand-in: trained rows are
-              heavier-tailed and compress better; golf/pack.py measures both shapes),
+              heavier-tailed and compress better; golf/compress/pack.py measures both shapes),
   "student_t4": every matrix redrawn from a Student-t with 4 degrees of freedom (the heavy-tailed
               side; trained weights sit between the two).
 The public memory-tokens record stored 25.8M params in 14,998,539 bytes = 4.65 bits/param.
@@ -71,7 +71,7 @@ def public_format_bytes(model) -> dict[str, Any]:
 
 
 def _size_figures(model, h, tag: str) -> dict[str, Any]:
-    from golf.artifact import read_artifact, save_artifact
+    from golf.compress.artifact import read_artifact, save_artifact
 
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "m.ptz"
@@ -113,10 +113,10 @@ def bench_preset(preset: str = "record", overrides: dict[str, str] | None = None
 
 def bench_checkpoint(checkpoint: str, data_path: str, max_tokens: int, device: str,
                      overrides: dict[str, str] | None = None) -> dict[str, Any]:
-    from golf.artifact import load_artifact, load_checkpoint, model_from_checkpoint, save_artifact
+    from golf.compress.artifact import load_artifact, load_checkpoint, model_from_checkpoint, save_artifact
     from golf.data.bpb import build_luts
     from golf.data.folder import load_data_tokenizer, load_split
-    from golf.eval import evaluate_val_loss
+    from golf.eval.score import evaluate_val_loss
 
     ck = load_checkpoint(checkpoint)
     model, h = model_from_checkpoint(ck, checkpoint)

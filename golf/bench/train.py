@@ -3,7 +3,7 @@
     python -m golf.bench.train [--preset record] [--steps N] [--warmup N] [--qat] [--out bench/train_<preset>.json]
                                [--setting value ...]   (any train setting, e.g. --train-batch-tokens 65536)
 
-It runs golf.train's own step (same micro-batching, grad clip, Muon + AdamW; bf16 autocast and
+It runs golf.train.trainer's own step (same micro-batching, grad clip, Muon + AdamW; bf16 autocast and
 torch.compile on CUDA) on random tokens (the FLOPs do not depend on token values), after warm-up
 steps that are not timed. Goals on one H100: record >= 1.0M tokens/s, baseline >= 1.5M tokens/s.
 MFU = 6 x params x tokens/s / peak FLOP/s (attention FLOPs not counted; H100 bf16 dense 989 TFLOP/s).
@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from golf.core.config import load_config
     from golf.data.loader import TokenLoader
-    from golf.optim import build_optimizers
-    from golf.quant import clip_ratios, quant_plan
-    from golf.train import batch_layout, build_model, setup_distributed, train_step
+    from golf.train.optim import build_optimizers
+    from golf.compress.quant import clip_ratios, quant_plan
+    from golf.train.trainer import batch_layout, build_model, setup_distributed, train_step
 
     cuda = torch.cuda.is_available()
     preset = args.preset or ("record" if cuda else "tiny")

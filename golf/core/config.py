@@ -105,7 +105,7 @@ class Hyperparameters:
     quant_attn_bits: int = 6
     quant_embed_bits: int = 8  # 16 = keep fp16
     quant_other_bits: int = 6  # matrices that are neither MLP, attention nor embedding
-    quant_min_numel: int = 65536  # smaller tensors (and vectors) stay fp16 (golf/quant.py)
+    quant_min_numel: int = 65536  # smaller tensors (and vectors) stay fp16 (golf/compress/quant.py)
     quant_clip_ratios: str = "1.0,0.95,0.9,0.85,0.8"  # per-row clip search; "1.0" = plain abs-max (fewer bytes)
     zstd_level: int = 22
     # --- evaluation ----------------------------------------------------------------------------
@@ -136,7 +136,7 @@ class Hyperparameters:
         for name, allowed in (("compile", ("auto", "on", "off")), ("flex_attention", ("auto", "on", "off"))):
             if getattr(self, name) not in allowed:
                 raise GolfError(f"{name.upper()}={getattr(self, name)!r}: use one of {', '.join(allowed)}")
-        from golf.quant import clip_ratios
+        from golf.compress.quant import clip_ratios
 
         clip_ratios(self)  # a bad QUANT_CLIP_RATIOS fails here, not at export after the training run
         if self.eval_stride <= 0 or self.eval_stride > self.eval_seq_len:

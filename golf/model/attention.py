@@ -8,7 +8,7 @@ Memory-token prefix positions come first in the sequence, so the causal mask alr
 visible to every real token; a sliding window (golf/model/mechanisms/sliding_window.py) keeps them visible
 explicitly.
 
-Incremental decoding (golf/generate.py): `forward_cached` runs new positions against a KVCache of
+Incremental decoding (golf/eval/generate.py): `forward_cached` runs new positions against a KVCache of
 the keys/values already computed (after q/k norm and RoPE at their absolute positions, prefix
 first), so generating a token costs one position per layer; sliding-window layers keep only the
 prefix and the keys still inside the window.

@@ -11,7 +11,7 @@ plug-ins whose hooks the backbone calls; there is no mechanism-specific code her
 
 Artifact loading: build with `GPT(cfg, with_mtp=False)` (training-only MTP heads are not built) and
 load `export_state_dict()` weights with the default strict=True.
-QAT: the trainer calls `model.set_qat_bits(golf.quant.quant_plan(model, h))` when late QAT starts
+QAT: the trainer calls `model.set_qat_bits(golf.compress.quant.quant_plan(model, h))` when late QAT starts
 (it only flips a Python int on each CastedLinear, so no re-initialisation of anything).
 """
 from __future__ import annotations
@@ -210,8 +210,8 @@ class GPT(nn.Module):
 
     def set_qat_bits(self, plan: dict[str, int] | int, ratios: tuple[float, ...] | None = None) -> int:
         """Late QAT on/off. plan maps parameter names ("blocks.0.mlp.fc.weight") to bit widths (as
-        golf.quant.quant_plan returns), or one int for every CastedLinear; 0 or >= 16 = off.
-        ratios: the exporter's clip ratios (golf.quant.clip_ratios(h)); None keeps the layers'.
+        golf.compress.quant.quant_plan returns), or one int for every CastedLinear; 0 or >= 16 = off.
+        ratios: the exporter's clip ratios (golf.compress.quant.clip_ratios(h)); None keeps the layers'.
         Returns how many layers now fake-quantise."""
         n = 0
         for name, m in self.named_modules():

@@ -5,8 +5,8 @@ look at positions <= t to produce position t (tests/memory check this for every 
 Mixers are chosen per layer by `MIXERS=attn,attn,stream,...`; the backbone never imports a
 mechanism directly, only the registry (golf/model/mechanisms/__init__.py).
 
-Every parameter carries two tags, read by the quantiser (golf/quant.py) and the optimizer
-(golf/optim.py), so a new mechanism never edits either:
+Every parameter carries two tags, read by the quantiser (golf/compress/quant.py) and the optimizer
+(golf/train/optim.py), so a new mechanism never edits either:
   quant group: "mlp" | "attn" | "embed" | "other" | "control"   (control = kept in fp16)
   optim group: "matrix" (Muon) | "embed" | "scalar" | "memory"    (memory = AdamW, no weight decay)
 Untagged parameters are classified by shape: 2-D -> ("other", "matrix"), else ("control", "scalar").

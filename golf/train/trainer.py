@@ -1,0 +1,609 @@
+"""The training loop: `train(h) -> summary dict`.
+
+One process per device (torchrun sets RANK/WORLD_SIZE/LOCAL_RANK): NCCL on CUDA, gloo on CPU.
+CUDA runs use bf16 autocast and torch.compile; CPU runs fp32, uncompiled. Order of events:
+
+  setup -> data, tokenizer, model -> size pre-flight -> optimizers, EMA, loader
+  -> compile warm-up steps (both QAT variants), then weights/optimizers/loader restored, so the
+     warm-up costs no budget and leaves no trace (the challenge baseline does the same)
+  -> [resume from ckpt.pt] -> loop: schedule, step, EMA, log, val, checkpoint, stop checks
+  -> export weights (EMA), final val, final.pt + metrics.json
+
+The wall clock counts training steps only (val pauses it), as the challenge's script does. Under
+DDP every rank takes its schedule from the same all-reduced clock so the weights never diverge.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import re
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from golf.train import schedule
+from golf.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from golf.data.loader import TokenLoader
+from golf.train.optim import apply_schedule, build_optimizers
+from golf.core.utils import GolfError, RunLog, atomic_write_json, compile_stats, device_description, git_commit
+
+SIZE_CAP = 16_000_000
+PREFLIGHT_MARGIN = 0.03  # warn when the estimate is this close to the cap (its measured error: golf.compress.quant)
+# per-rank tokens in one micro-batch when MICRO_BATCH_SEQS/GRAD_ACCUM_STEPS are not given (at
+# most 48 x 2048 record-preset sequences: they fit an 80 GB H100); on CPU small micro-batches keep
+# memory and latency low
+MICRO_TOKENS = {"cuda": 98304, "cpu": 8192}
+
+
+# ---------------------------------------------------------------------------------------------
+# setup
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def on(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(h) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    want = h.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise GolfError("DEVICE=cuda but no CUDA device is visible; use DEVICE=cpu or DEVICE=auto")
+    if want not in ("cpu", "cuda"):
+        raise GolfError(f"DEVICE={h.device!r}: use auto, cpu or cuda")
+    from golf.model.gpt import layer_mixers
+
+    if want == "cpu" and str(h.flex_attention).lower() == "on" and "swa" in layer_mixers(h.model_config()):
+        # torch's flex_attention has no CPU backward (2.11 and 2.13 alike): fail before compiling
+        raise GolfError("FLEX_ATTENTION=on trains only on CUDA (flex_attention has no CPU backward); "
+                        "use FLEX_ATTENTION=auto or off on CPU")
+    device = torch.device(f"cuda:{local}") if want == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers outside autocast (the baseline does too)
+        torch.backends.cudnn.allow_tf32 = True
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                **({"device_id": device} if device.type == "cuda" else {}))
+    return Dist(rank, world, local, device)
+
+
+def batch_layout(h, world_size: int, device_type: str) -> tuple[int, int]:
+    """(sequences per micro-batch per rank, grad-accumulation steps) for TRAIN_BATCH_TOKENS."""
+    T = h.train_seq_len
+    if h.train_batch_tokens % (world_size * T):
+        raise GolfError(f"TRAIN_BATCH_TOKENS={h.train_batch_tokens} is not a multiple of "
+                        f"{world_size} processes x TRAIN_SEQ_LEN={T}; pick a multiple of {world_size * T}")
+    seqs = h.train_batch_tokens // (world_size * T)
+    if h.grad_accum_steps > 0:
+        if seqs % h.grad_accum_steps:
+            raise GolfError(f"GRAD_ACCUM_STEPS={h.grad_accum_steps} does not divide the {seqs} sequences per "
+                            f"process and step; pick a divisor of {seqs}")
+        return seqs // h.grad_accum_steps, h.grad_accum_steps
+    micro = h.micro_batch_seqs or max(1, MICRO_TOKENS[device_type] // T)
+    micro = max(1, min(micro, seqs))
+    while seqs % micro:  # largest micro-batch <= the cap that divides the per-rank batch
+        micro -= 1
+    return micro, seqs // micro
+
+
+def build_model(h, device: torch.device) -> nn.Module:
+    from golf.model.gpt import GPT
+
+    return GPT(h.model_config()).to(device)
+
+
+def set_qat(model: nn.Module, plan: dict[str, int] | int) -> int:
+    """Turn late QAT on (plan from golf.compress.quant.quant_plan) or off (0) on every CastedLinear."""
+    return int(model.set_qat_bits(plan))
+
+
+def preflight(model: nn.Module, h, log: RunLog) -> dict[str, Any]:
+    """Refuse a config whose artifact cannot fit the 16,000,000-byte cap (unless ALLOW_OVERSIZE=1)."""
+    from golf.compress.quant import estimate_artifact_bytes
+
+    est = estimate_artifact_bytes(model, h)
+    lines = [f"  {g:<12} params:{e['params']:>11,} bits:{e['bits']:>2} bytes:{e['bytes']:>11,}"
+             for g, e in sorted(est["groups"].items())]
+    lines += [f"  {'header':<12} bytes:{est['header']:,}", f"  {'code':<12} bytes:{est['code']:,}"]
+    total, cap = int(est["total"]), int(est.get("cap", SIZE_CAP))
+    log.kv(preflight_bytes=total, cap=cap, params=int(est["params"]), bits_per_param=float(est["bits_per_param"]))
+    for line in lines:
+        log.write("preflight" + line)
+    if total > cap:
+        msg = (f"size pre-flight: this config's artifact is estimated at {total:,} bytes, over the "
+               f"{cap:,}-byte cap:\n" + "\n".join(lines) +
+               "\nshrink the model (NUM_LAYERS, MODEL_DIM, MLP_MULT, BIGRAM_VOCAB_SIZE) or lower QUANT_*_BITS; "
+               "or set ALLOW_OVERSIZE=1 to train anyway")
+        if not h.allow_oversize:
+            raise GolfError(msg)
+        log.write("warning: " + msg.replace("\n", "\n# "))
+    elif total > cap * (1 - PREFLIGHT_MARGIN):
+        log.write(f"warning: size pre-flight: the estimate, {total:,} bytes, is within {PREFLIGHT_MARGIN:.0%} of "
+                  f"the cap, and the estimate is not exact (it ran about 2% low on record-preset weights after "
+                  f"277 steps); quantize.py measures the real size after training. Leave more room, e.g. "
+                  f"lower BIGRAM_VOCAB_SIZE or a QUANT_*_BITS")
+    return est
+
+
+class EMA:
+    """Exponential moving average of the parameters (fp32), exported instead of the raw weights.
+    The decay comes from golf.train.schedule (a fraction of the run), not a fixed constant."""
+
+    def __init__(self, model: nn.Module):
+        self.names = [n for n, _ in model.named_parameters()]
+        self.params = [p for _, p in model.named_parameters()]
+        self.shadow = [p.detach().float().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self, decay: float) -> None:
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1.0 - decay)
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        for p, s in zip(self.params, self.shadow):
+            p.copy_(s.to(p.dtype))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.shadow))
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for i, n in enumerate(self.names):
+            self.shadow[i].copy_(state[n])
+
+
+# ---------------------------------------------------------------------------------------------
+# the step and val
+
+
+def train_step(fwd: nn.Module, optimizers, params, batches: Iterator, accum: int, amp, clip: float,
+               ddp: bool) -> torch.Tensor:
+    """One optimizer step over `accum` micro-batches; returns the mean loss (a detached tensor)."""
+    total = None
+    for i in range(accum):
+        x, y = next(batches)
+        if ddp:  # all-reduce gradients only on the last micro-batch (as the challenge baseline)
+            fwd.require_backward_grad_sync = i == accum - 1
+        with amp():
+            loss = fwd(x, y)
+        (loss / accum).backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, clip)
+    for opt in optimizers:
+        opt.step()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    return total / accum
+
+
+@torch.no_grad()
+def evaluate_val(model: nn.Module, val: np.ndarray, luts, seq_len: int, batch_seqs: int, d: Dist,
+                 amp) -> tuple[float, float]:
+    """Training-time val: non-overlapping windows over the val prefix, tokenizer-agnostic BPB
+    (golf.data.bpb). Windows are split across ranks, sums all-reduced. Returns (val_loss, val_bpb)."""
+    from golf.data.bpb import bits_per_byte, token_bytes
+
+    n_windows = (len(val) - 1) // seq_len
+    if n_windows < 1:
+        raise GolfError(f"the val split has {len(val)} tokens, fewer than one TRAIN_SEQ_LEN={seq_len} window; "
+                        "use more val data or a shorter TRAIN_SEQ_LEN")
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=d.device)  # loss nats, tokens, bytes
+    mine = list(range(d.rank, n_windows, d.world_size))
+    for i in range(0, len(mine), batch_seqs):
+        idx = np.asarray(mine[i:i + batch_seqs], dtype=np.int64)
+        offs = (idx * seq_len)[:, None] + np.arange(seq_len + 1)[None]
+        chunk = torch.from_numpy(val[offs].astype(np.int64)).to(d.device, non_blocking=True)
+        x, y = chunk[:, :-1], chunk[:, 1:]
+        with amp():
+            ce = model(x, y, reduction="none").float()
+        sums[0] += ce.sum().double()
+        sums[1] += ce.numel()
+        sums[2] += token_bytes(x, y, luts).sum().double()
+    if d.on:
+        dist.all_reduce(sums)
+    model.train(was_training)
+    loss_sum, toks, nbytes = sums.tolist()
+    return loss_sum / toks, bits_per_byte(loss_sum, int(toks), int(nbytes))
+
+
+# ---------------------------------------------------------------------------------------------
+# run folder, resume, signals
+
+
+_AUTO_ID = re.compile(r"^(?P<preset>.+)_\d{8}_\d{6}_s(?P<seed>-?\d+)$")
+# settings that may differ between a run and its resumption (they do not change the trajectory
+# on CPU, or only the stopping point)
+_RESUME_FREE = {"run_id", "resume", "iterations", "max_wallclock_seconds", "checkpoint_every", "log_every",
+                "val_every", "allow_oversize", "device", "compile", "compile_backend", "out_dir"}
+
+
+def resolve_run_dir(h) -> Path:
+    """runs/<RUN_ID>. With RESUME=1 and no RUN_ID given (an auto-generated id with no folder yet), the
+    most recent run under OUT_DIR with a ckpt.pt for the same preset and seed."""
+    out = Path(h.out_dir)
+    run_dir = out / h.run_id
+    if h.resume and not (run_dir / "ckpt.pt").exists() and _AUTO_ID.match(h.run_id) and not run_dir.exists():
+        cands = sorted(out.glob(f"{h.preset}_*_s{h.seed}/ckpt.pt"), key=lambda p: p.stat().st_mtime)
+        if not cands:
+            raise GolfError(f"RESUME=1 but no checkpoint under {out}/ for preset {h.preset} seed {h.seed}; "
+                            "pass RUN_ID=<id> of the run to continue")
+        run_dir = cands[-1].parent
+        h.run_id = run_dir.name
+    return run_dir
+
+
+class StopFlag:
+    """SIGTERM/SIGINT -> finish the current step, write ckpt.pt, exit. A second signal stops at once."""
+
+    def __init__(self):
+        self.signum = 0
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):
+        if self.signum:  # second signal: give up on the clean stop
+            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        if threading_main():
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+def train(h) -> dict[str, Any]:
+    t_start = time.time()
+    d = setup_distributed(h)
+    try:
+        return _train(h, d, t_start)
+    finally:
+        if d.on and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(h, d: Dist, t_start: float) -> dict[str, Any]:
+    from golf.data.bpb import build_luts
+    from golf.data.folder import load_data_tokenizer, load_split
+    from golf.compress.quant import clip_ratios, quant_plan
+
+    if d.on:  # every rank must use rank 0's run id (auto ids embed a timestamp)
+        obj = [h.run_id]
+        dist.broadcast_object_list(obj, src=0)
+        h.run_id = obj[0]
+    run_dir = resolve_run_dir(h)
+    ckpt_path = run_dir / "ckpt.pt"
+    if h.resume and not ckpt_path.exists():
+        raise GolfError(f"RESUME=1 but {ckpt_path} does not exist; pass RUN_ID=<id> of a run that wrote a checkpoint")
+    if not h.resume and (run_dir / "final.pt").exists():
+        raise GolfError(f"{run_dir} already holds a finished run; choose another RUN_ID (runs are never overwritten)")
+    if not h.resume and ckpt_path.exists():
+        raise GolfError(f"{run_dir} holds an interrupted run ({ckpt_path}); continue it with RESUME=1 "
+                        f"RUN_ID={h.run_id} or choose another RUN_ID")
+    log = RunLog(run_dir / "train.log", enabled=d.master)
+    log.header(h.to_dict())
+    is_cuda = d.device.type == "cuda"
+    use_compile = h.compile == "on" or (h.compile == "auto" and is_cuda)
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if is_cuda else contextlib.nullcontext
+    log.kv(device=str(d.device), world_size=d.world_size, compile=use_compile, amp="bf16" if is_cuda else "fp32",
+           run_dir=str(run_dir))
+
+    # --- data ----------------------------------------------------------------------------------
+    tokenizer = load_data_tokenizer(h.data_path, h.tokenizer_path or None)
+    if tokenizer.vocab_size > h.vocab_size:
+        raise GolfError(f"tokenizer {h.tokenizer_path or h.data_path} has {tokenizer.vocab_size} tokens but "
+                        f"VOCAB_SIZE={h.vocab_size}; set VOCAB_SIZE={tokenizer.vocab_size}")
+    luts = build_luts(tokenizer, d.device)
+    val = load_split(h.data_path, "val", h.vocab_size, max_tokens=h.val_max_tokens)  # uint16, memory-mapped
+    micro_seqs, accum = batch_layout(h, d.world_size, d.device.type)
+    loader = TokenLoader.from_data_path(h.data_path, h.vocab_size, seq_len=h.train_seq_len,
+                                        local_batch_seqs=micro_seqs, rank=d.rank, world_size=d.world_size,
+                                        seed=h.seed)
+    log.kv(train_tokens=loader.total, val_tokens=len(val), micro_batch_seqs=micro_seqs, grad_accum_steps=accum,
+           tokens_per_step=h.train_batch_tokens)
+
+    # --- model, pre-flight, optimizers ---------------------------------------------------------
+    torch.manual_seed(h.seed)
+    np.random.seed(h.seed)
+    model = build_model(h, d.device)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.kv(params=n_params)
+    est = preflight(model, h, log)
+    optimizers = build_optimizers(model, h)
+    for opt in optimizers:
+        for g in opt.param_groups:
+            log.kv(optim=type(opt).__name__, group=g["name"], tensors=len(g["params"]), lr=g["base_lr"],
+                   weight_decay=g.get("weight_decay", 0.0))
+    params = [p for p in model.parameters() if p.requires_grad]
+    plan = quant_plan(model, h) if h.qat else {}
+    model.set_qat_bits(0, clip_ratios(h))  # QAT, when it starts, uses the exporter's clip ratios too
+    fwd: nn.Module = torch.compile(model, dynamic=False, backend=h.compile_backend) if use_compile else model
+    if d.on:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        fwd = DDP(fwd, device_ids=[d.local_rank] if is_cuda else None, broadcast_buffers=False)
+    model.train()
+
+    def batches() -> Iterator:
+        while True:
+            yield loader.next_batch(d.device)
+
+    stream = batches()
+
+    # --- warm-up (compile) steps, then restore everything ---------------------------------------
+    warm_step_s = None
+    graphs0 = compile_stats()  # process-wide counters: report this run's own graphs as differences
+    if h.compile_warmup_steps > 0:
+        init = (copy.deepcopy(model.state_dict()), [copy.deepcopy(o.state_dict()) for o in optimizers], rng_state())
+        n_warm = h.compile_warmup_steps
+        for i in range(n_warm):
+            # compile the QAT variant too (second half), so the switch later costs no recompile
+            set_qat(model, plan if (use_compile and plan and i >= max(1, n_warm // 2)) else 0)
+            t = time.perf_counter()
+            train_step(fwd, optimizers, params, stream, accum, amp, h.grad_clip_norm, d.on)
+            if is_cuda:
+                torch.cuda.synchronize()
+            warm_step_s = time.perf_counter() - t
+        set_qat(model, 0)
+        model.load_state_dict(init[0])
+        for o, s in zip(optimizers, init[1]):
+            o.load_state_dict(s)
+        set_rng_state(init[2])
+        loader.batches_served = 0
+        log.kv(warmup_steps=n_warm, warmup_last_step_ms=1000 * warm_step_s)
+    graphs_warm = compile_stats() if use_compile else {}
+    if graphs_warm:
+        log.kv(compile_graphs=graphs_warm["graphs"] - graphs0.get("graphs", 0),
+               compile_graph_breaks=graphs_warm["graph_breaks"] - graphs0.get("graph_breaks", 0))
+    ema = EMA(model) if h.ema else None
+
+    # --- resume ----------------------------------------------------------------------------------
+    step, elapsed, qat_on, history, last_ckpt = 0, 0.0, False, [], None
+    if h.resume:
+        ck = load_checkpoint(ckpt_path, map_location=d.device)
+        if ck["model_config"] != h.model_config():
+            diff = {k: (ck["model_config"].get(k), v) for k, v in h.model_config().items()
+                    if ck["model_config"].get(k) != v}
+            raise GolfError(f"{ckpt_path} was trained with a different architecture {diff} (checkpoint, now); "
+                            "resume with the run's own settings")
+        changed = {k: v for k, v in h.to_dict().items() if k not in _RESUME_FREE and ck["config"].get(k) != v}
+        if changed:
+            log.write(f"warning: resuming with changed settings {json.dumps(changed, default=str)}")
+        model.load_state_dict(ck["model"])
+        for o, s in zip(optimizers, ck["optimizers"]):
+            o.load_state_dict(s)
+        if ema is not None and ck.get("ema") is not None:
+            ema.load_state_dict(ck["ema"])
+        loader.load_state_dict(ck["loader"])
+        set_rng_state(ck["rng"])
+        step, elapsed, qat_on, history = ck["step"], ck["elapsed"], ck["qat_on"], ck["history"]
+        last_ckpt = ckpt_path
+        if qat_on:
+            set_qat(model, plan)
+        log.kv(resumed_from_step=step, elapsed_s=elapsed)
+
+    def save(reason: str) -> Path:
+        state = {"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
+                 "ema": ema.state_dict() if ema is not None else None, "loader": loader.state_dict(),
+                 "rng": rng_state(), "step": step, "elapsed": elapsed, "qat_on": qat_on, "history": history,
+                 "config": h.to_dict(), "model_config": h.model_config(), "run_id": h.run_id}
+        if d.master:
+            save_checkpoint(ckpt_path, state)
+            log.kv(checkpoint=str(ckpt_path), step=step, reason=reason)
+        if d.on:
+            dist.barrier()
+        return ckpt_path
+
+    # --- the loop ----------------------------------------------------------------------------------
+    bar = None
+    if d.master and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = (tqdm(total=round(h.max_wallclock_seconds), unit="s", desc="train", leave=False)
+               if h.max_wallclock_seconds > 0 else tqdm(total=h.iterations, unit="step", desc="train", leave=False))
+        bar.n = round(elapsed) if h.max_wallclock_seconds > 0 else step
+
+    def emit(**kv):
+        with (bar.external_write_mode() if bar is not None else contextlib.nullcontext()):
+            log.kv(**kv)
+
+    def budget_left() -> bool:
+        if step >= h.iterations:
+            return False
+        return not (h.max_wallclock_seconds > 0 and elapsed >= h.max_wallclock_seconds)
+
+    status, val_loss, val_bpb = "finished", None, None
+    interval_t, interval_steps, last_loss = 0.0, 0, float("nan")
+    with StopFlag() as stop:
+        t0 = time.perf_counter()
+        while budget_left():
+            sched = schedule.at(step, elapsed, h, warm_step_s)
+            if not qat_on and plan and schedule.qat_should_start(sched.lr_scale, sched.progress, h):
+                qat_on = True
+                n = set_qat(model, plan)
+                emit(step=step, qat="on", layers=n, lr_scale=sched.lr_scale)
+            apply_schedule(optimizers, sched.lr_scale, sched.muon_momentum)
+            t_step = time.perf_counter()
+            loss = train_step(fwd, optimizers, params, stream, accum, amp, h.grad_clip_norm, d.on)
+            if ema is not None:
+                ema.update(sched.ema_decay)
+            step += 1
+            # one sync per step: the loss for the NaN check, the clock, and stop requests
+            if is_cuda:
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            elapsed_local = elapsed + (now - t0)
+            t0 = now
+            if d.on:
+                red = torch.tensor([loss.item(), 0.0], dtype=torch.float64, device=d.device)
+                mx = torch.tensor([elapsed_local, float(stop.signum)], dtype=torch.float64, device=d.device)
+                dist.all_reduce(red)
+                dist.all_reduce(mx, op=dist.ReduceOp.MAX)
+                last_loss = red[0].item() / d.world_size
+                elapsed, stop_req = mx[0].item(), int(mx[1].item())
+            else:
+                last_loss, elapsed, stop_req = loss.item(), elapsed_local, stop.signum
+            interval_t += now - t_step
+            interval_steps += 1
+            if bar is not None:
+                bar.update((round(elapsed) - bar.n) if h.max_wallclock_seconds > 0 else 1)
+            if not math.isfinite(last_loss):
+                where = str(last_ckpt) if last_ckpt else "none (set CHECKPOINT_EVERY=N to keep periodic checkpoints)"
+                log.kv(step=step, train_loss=last_loss, status="diverged")
+                if d.master:
+                    _write_metrics(run_dir, h, d, history, {"status": "diverged", "steps": step})
+                raise GolfError(f"train loss is {last_loss} at step {step}: the run diverged and was stopped. "
+                                f"Last good checkpoint: {where}. Lower MATRIX_LR/EMBED_LR/SCALAR_LR or "
+                                f"GRAD_CLIP_NORM, or resume from that checkpoint with RESUME=1 RUN_ID={h.run_id}")
+            if (h.log_every > 0 and step % h.log_every == 0) or step == 1 or not budget_left():
+                ms = 1000 * interval_t / max(interval_steps, 1)
+                row = dict(step=step, train_loss=last_loss, lr_scale=sched.lr_scale, ms_step=ms,
+                           tok_s=h.train_batch_tokens / (ms / 1000) if ms > 0 else 0.0, elapsed_s=elapsed,
+                           ema_decay=sched.ema_decay, muon_momentum=sched.muon_momentum)
+                history.append(row)
+                emit(**row)
+                interval_t, interval_steps = 0.0, 0
+            if h.val_every > 0 and step % h.val_every == 0 and budget_left():
+                val_loss, val_bpb = evaluate_val(model, val, luts, h.train_seq_len,
+                                                 max(1, h.val_batch_tokens // h.train_seq_len), d, amp)
+                history.append(dict(step=step, val_loss=val_loss, val_bpb=val_bpb, elapsed_s=elapsed))
+                emit(step=step, val_loss=val_loss, val_bpb=val_bpb)
+                t0 = time.perf_counter()  # val does not count against the training budget
+            if stop_req:
+                last_ckpt = save(f"signal {stop_req}")
+                status = "interrupted"
+                break
+            if h.checkpoint_every > 0 and step % h.checkpoint_every == 0 and budget_left():
+                last_ckpt = save("periodic")
+                t0 = time.perf_counter()
+    if bar is not None:
+        bar.close()
+    recompiles = None
+    if graphs_warm:  # graphs first compiled inside the timed loop: each one cost budget
+        recompiles = compile_stats()["graphs"] - graphs_warm["graphs"]
+        emit(recompiles_in_loop=recompiles)
+        if recompiles and h.compile_warmup_steps > 0:
+            log.write(f"warning: {recompiles} graph(s) were compiled inside the timed loop; the warm-up "
+                      "should have compiled every variant (see compile_graphs above)")
+    if status == "interrupted":
+        emit(status=status, step=step, resume=f"RESUME=1 RUN_ID={h.run_id}")
+        return {"status": status, "steps": step, "checkpoint": str(last_ckpt), "run_dir": str(run_dir)}
+
+    save("end")
+    train_seconds = elapsed
+    # --- export and final val ----------------------------------------------------------------
+    val_bs = max(1, h.val_batch_tokens // h.train_seq_len)
+    set_qat(model, 0)  # val and export see the float weights; quantize.py does the real rounding
+    extra = {}
+    if ema is not None:
+        vl_raw, vb_raw = evaluate_val(model, val, luts, h.train_seq_len, val_bs, d, amp)
+        extra = {"val_loss_raw": vl_raw, "val_bpb_raw": vb_raw}
+        emit(step=step, val_loss_raw=vl_raw, val_bpb_raw=vb_raw)
+        ema.copy_to(model)
+    in_sync = ranks_in_sync(model, d)
+    if not in_sync:
+        log.write("warning: the ranks' final weights differ (DDP desynchronised); rank 0's are exported")
+    t_val = time.perf_counter()
+    val_loss, val_bpb = evaluate_val(model, val, luts, h.train_seq_len, val_bs, d, amp)
+    val_seconds = time.perf_counter() - t_val
+    emit(step=step, val_loss=val_loss, val_bpb=val_bpb, weights="ema" if ema is not None else "raw")
+    history.append(dict(step=step, val_loss=val_loss, val_bpb=val_bpb, elapsed_s=train_seconds))
+    train_rows = [r for r in history if "train_loss" in r]
+    peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if is_cuda else _cpu_peak_mb())
+    summary = {
+        "status": status, "run_id": h.run_id, "steps": step, "train_seconds": train_seconds,
+        "ms_per_step": 1000 * train_seconds / max(step, 1),
+        "tokens_per_s": h.train_batch_tokens * step / train_seconds if train_seconds > 0 else 0.0,
+        "train_loss": train_rows[-1]["train_loss"] if train_rows else None,
+        "val_loss": val_loss, "val_bpb": val_bpb, **extra, "val_seconds": val_seconds, "val_tokens": len(val),
+        "params": n_params, "preflight_bytes": int(est["total"]), "peak_mem_mb": peak_mb,
+        "recompiles_in_loop": recompiles,
+        "device": device_description(), "world_size": d.world_size, "ranks_in_sync": in_sync, "commit": git_commit(),
+        "wall_seconds": time.time() - t_start,
+    }
+    if d.master:
+        from golf.core.utils import atomic_path
+
+        final = {"config": h.to_dict(), "model_config": h.model_config(),
+                 "state_dict": {k: v.detach().cpu() for k, v in _export_state(model).items()},
+                 "tokenizer_sha256": tokenizer.sha256, "data_path": str(h.data_path), "metrics": summary}
+        with atomic_path(run_dir / "final.pt") as tmp:
+            torch.save(final, tmp)
+        _write_metrics(run_dir, h, d, history, summary)
+    emit(status=status, steps=step, train_seconds=train_seconds, val_bpb=val_bpb,
+         wall_seconds=time.time() - t_start, final=str(run_dir / "final.pt"))
+    log.close()
+    return {**summary, "run_dir": str(run_dir)}
+
+
+@torch.no_grad()
+def ranks_in_sync(model: nn.Module, d: Dist) -> bool:
+    """True when every rank holds the same weights (two float64 checksums, compared by all-reduce)."""
+    if not d.on:
+        return True
+    ps = [p.detach().double() for p in model.parameters()]
+    c = torch.stack([sum(p.sum() for p in ps), sum((p * p).sum() for p in ps)])
+    lo, hi = c.clone(), c.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    return bool(torch.equal(lo, hi))
+
+
+def _export_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return model.export_state_dict() if hasattr(model, "export_state_dict") else model.state_dict()
+
+
+def _write_metrics(run_dir: Path, h, d: Dist, history: list, summary: dict) -> None:
+    atomic_write_json(run_dir / "metrics.json", {**summary, "run_id": h.run_id, "history": history})
+
+
+def _cpu_peak_mb() -> float:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    except Exception:
+        return float("nan")

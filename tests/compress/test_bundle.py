@@ -1,0 +1,78 @@
+"""golf/compress/bundle.py: the single-file train_gpt.py runs from an empty folder without optional deps."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from golf.compress.bundle import (
+    OPTIONAL_DEPS, bundle_bytes, collect_modules, heavy_top_level_imports, minify, record_defaults, write_bundle,
+)
+from golf.core.utils import GolfError
+
+
+def test_closure_has_what_training_needs_and_no_bench():
+    mods = collect_modules()
+    for m in ("__main__", "golf", "golf.train.trainer", "golf.model.gpt", "golf.compress.quant", "golf.model.mixer", "golf.core.config"):
+        assert m in mods, m
+    assert "golf.model.mechanisms.stream" in mods  # reached through the importlib registry strings
+    assert not any(m.startswith(("golf.bench", "golf.compress.bundle")) for m in mods)
+    assert mods["golf.model.mechanisms"][0] and not mods["golf.model.gpt"][0]  # package flags
+    assert heavy_top_level_imports(mods) == {}, "these golf modules import optional deps at top level"
+
+
+def test_heavy_import_detector_and_minify():
+    mods = {"golf.x": (False, "import scipy.stats\nfrom tqdm import tqdm\ndef f():\n    import matplotlib\n")}
+    assert heavy_top_level_imports(mods) == {"golf.x": ["scipy.stats", "tqdm"]}
+    src = '"""doc"""\nimport os  # comment\ndef f(x):\n    """doc"""\n    return x + 1\n'
+    out = minify(src)
+    assert "doc" not in out and "comment" not in out
+    ns = {}
+    exec(out, ns)
+    assert ns["f"](1) == 2
+
+
+def test_record_defaults_are_baked(tmp_path):
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    (rec / "submission.json").write_text(json.dumps({"config": {"num_layers": 3, "run_id": "x", "smear_gate": True,
+                                                                 "data_path": "/abs/data"}}))
+    d = record_defaults(rec)
+    assert d == {"NUM_LAYERS": "3", "SMEAR_GATE": "True"}
+    assert b"'NUM_LAYERS': '3'" in bundle_bytes(record=rec)
+    (rec / "submission.json").write_text(json.dumps({"config": {"num_layerz": 3}}))
+    with pytest.raises(GolfError, match="num_layerz"):
+        record_defaults(rec)
+    with pytest.raises(GolfError, match="submission.json"):
+        record_defaults(tmp_path)
+
+
+@pytest.mark.slow
+def test_bundle_trains_from_an_empty_folder(tmp_path, byte_data_dir):
+    out = tmp_path / "dist" / "train_gpt.py"
+    report = write_bundle(out)
+    assert report["bytes"] == out.stat().st_size < report["source_bytes"]
+    run = tmp_path / "empty"
+    run.mkdir()
+    (run / "train_gpt.py").write_bytes(out.read_bytes())
+    # stub packages that shadow the optional dependencies: importing any of them fails
+    stubs = tmp_path / "stubs"
+    for name in OPTIONAL_DEPS:
+        (stubs / name).mkdir(parents=True)
+        (stubs / name / "__init__.py").write_text(f"raise ImportError('{name} is not installed here')\n")
+    env = {k: v for k, v in os.environ.items() if k.isupper() and k.startswith(("PATH", "HOME", "LANG", "LC_"))}
+    env.update(PYTHONPATH=str(stubs), OMP_NUM_THREADS="1", PRESET="tiny", DATA_PATH=str(byte_data_dir),
+               VOCAB_SIZE="260", RUN_ID="bundled", OUT_DIR=str(run / "runs"), ITERATIONS="3",
+               MAX_WALLCLOCK_SECONDS="0", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="2", NUM_KV_HEADS="1",
+               TRAIN_SEQ_LEN="64", TRAIN_BATCH_TOKENS="512", VAL_MAX_TOKENS="2048", VAL_BATCH_TOKENS="1024",
+               EVAL_STRIDE="64", COMPILE_WARMUP_STEPS="1", BIGRAM_VOCAB_SIZE="256", COMPILE="off", DEVICE="cpu")
+    p = subprocess.run([sys.executable, "train_gpt.py"], cwd=run, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    final = run / "runs" / "bundled" / "final.pt"
+    assert final.is_file()
+    import torch
+
+    ck = torch.load(final, map_location="cpu", weights_only=False)
+    assert ck["model_config"]["num_layers"] == 2 and ck["state_dict"]
+    assert not (run / "golf").exists()  # nothing was unpacked next to it

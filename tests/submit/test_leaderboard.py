@@ -1,0 +1,58 @@
+"""golf.submit.leaderboard: validation, sorting per track, invalid records listed with why, ablations."""
+import json
+
+from golf.submit import leaderboard as L
+from submit.test_records import make_record
+
+
+def test_leaderboard_sorts_per_track_and_lists_invalid(tmp_path):
+    root = tmp_path / "records"
+    make_record(root / "cpu_tiny" / "2026-01-02_slow", bpbs=(1.60, 1.62))
+    make_record(root / "cpu_tiny" / "2026-01-01_fast", bpbs=(1.40, 1.42))
+    make_record(root / "track_10min_16mb" / "2026-01-03_gpu", bpbs=(1.20, 1.22))
+    make_record(root / "cpu_tiny" / "2026-01-04_huge", bpbs=(1.00, 1.00), bytes_total=16_500_000)
+    make_record(root / "cpu_tiny" / "2026-01-05_liar", bpbs=(1.50, 1.52), val_bpb=1.1)
+    (root / "cpu_tiny" / ".tmp_half.tmp").mkdir()  # an interrupted write is not a record
+    out, n_ok, n_bad = L.build(root)
+    assert out == root / "LEADERBOARD.md" and (n_ok, n_bad) == (3, 2)
+    text = out.read_text()
+    assert text.index("## track_10min_16mb") < text.index("## cpu_tiny")  # the challenge track first
+    tiny = text[text.index("## cpu_tiny"):text.index("## Invalid")]
+    assert tiny.index("[fast]") < tiny.index("[slow]")
+    assert "| Run | Score | Author | Summary | Date | Info |" in text
+    assert "| [fast](cpu_tiny/2026-01-01_fast) | 1.4100 ± " in text
+    assert "a \\| b" in text  # pipes in a blurb do not break the table
+    invalid = text[text.index("## Invalid"):]
+    assert "2026-01-04_huge" in invalid and "over the 16,000,000-byte cap" in invalid
+    assert "2026-01-05_liar" in invalid and "not the mean" in invalid
+    assert "[huge]" not in text and "half" not in text
+
+
+def test_leaderboard_lists_ablations(tmp_path):
+    root = tmp_path / "records"
+    folder = root / "ablations" / "2026-01-01_memtok"
+    folder.mkdir(parents=True)
+    rec = {"name": "memtok", "date": "2026-01-01", "seeds": [1, 2, 3],
+           "A": {"settings": ["NUM_MEMORY_TOKENS=0"]}, "B": {"settings": ["NUM_MEMORY_TOKENS=8"]},
+           "comparison": {"mean_diff_bpb": -0.0123, "mean_diff_nats": -0.02, "p_paired": 0.004,
+                          "meets_challenge_bar": True, "meets_practice_bar": True}}
+    (folder / "ablation.json").write_text(json.dumps(rec))
+    for arm, params, tok_s in (("A", 1000, [100.0, 300.0]), ("B", 1200, [50.0, 70.0])):
+        for seed, t in zip((1, 2), tok_s):
+            (folder / f"{arm}_metrics_seed{seed}.json").write_text(json.dumps({"params": params, "tokens_per_s": t}))
+            (folder / f"{arm}_size_seed{seed}.json").write_text(json.dumps({"bytes_total": params * 2 + seed}))
+    out, n_ok, n_bad = L.build(root, tmp_path / "LB.md")
+    text = out.read_text()
+    assert (n_ok, n_bad) == (0, 0)
+    assert "No valid records yet" in text
+    assert "| [memtok](ablations/2026-01-01_memtok/README.md) | `NUM_MEMORY_TOKENS=0` | `NUM_MEMORY_TOKENS=8` | -0.0123 |" in text
+    # the cost side, averaged over seeds per arm
+    assert "| 1,000 → 1,200 | 2,002 → 2,402 | 200 → 60 |" in text
+
+
+def test_cli_writes_file(tmp_path, capsys):
+    root = tmp_path / "records"
+    make_record(root / "cpu_tiny" / "2026-01-01_a")
+    assert L.main(["--records", str(root)]) == 0
+    assert (root / "LEADERBOARD.md").is_file()
+    assert "1 valid record(s), 0 invalid" in capsys.readouterr().out

@@ -1,0 +1,91 @@
+"""golf/train/schedule.py: schedules are fractions of the budget, so one preset fits 60 s and 600 s."""
+import math
+
+import pytest
+
+from golf.train import schedule
+from golf.core.config import load_config
+
+
+def preset(**over):
+    argv = []
+    for k, v in over.items():
+        argv += [f"--{k}", str(v)]
+    return load_config(["--preset", "record"] + argv, env={})
+
+
+def run_through(h, step_time_s):
+    """Simulate a run with a constant step time; returns per-step schedule values."""
+    rows, step, elapsed = [], 0, 0.0
+    while elapsed < h.max_wallclock_seconds and step < h.iterations:
+        s = schedule.at(step, elapsed, h, step_time_s)
+        rows.append(s)
+        step += 1
+        elapsed += step_time_s
+    return rows
+
+
+@pytest.mark.parametrize("budget", [60.0, 600.0])
+def test_same_preset_scales_with_budget(budget):
+    h = preset(max_wallclock_seconds=budget)
+    rows = run_through(h, step_time_s=0.1)
+    n = len(rows)
+    assert n == int(budget / 0.1)
+    lr = [r.lr_scale for r in rows]
+    # flat for the first (1 - WARMDOWN_FRAC) of the run, then linear to ~0 at the end
+    flat_end = int((1 - h.warmdown_frac) * n)
+    assert all(x == 1.0 for x in lr[: flat_end - 1])
+    assert lr[-1] < 2.0 / n / h.warmdown_frac
+    assert lr[int(0.75 * n)] == pytest.approx((1 - 0.75) / h.warmdown_frac, abs=2.0 / n)
+    # Muon momentum warm-up is over after MUON_MOMENTUM_WARMUP_FRAC of the run, whatever its length
+    k = int(h.muon_momentum_warmup_frac * n)
+    assert rows[0].muon_momentum == h.muon_momentum_warmup_start
+    assert rows[k // 2].muon_momentum == pytest.approx((h.muon_momentum_warmup_start + h.muon_momentum) / 2, abs=0.01)
+    assert rows[k + 1].muon_momentum == h.muon_momentum
+    # EMA: expected steps estimated from the step time, horizon a fraction of the run
+    assert rows[-1].expected_steps == pytest.approx(n, rel=0.01)
+    horizon = 1.0 / (1.0 - rows[-1].ema_decay)
+    assert horizon == pytest.approx(h.ema_horizon_frac * n, rel=0.01)
+    # the exported EMA no longer remembers the initialisation (the public record's 0.997-every-10
+    # EMA kept ~0.9 of it in a 277-step run): weight of step-0 weights after the run
+    init_weight = math.prod(r.ema_decay for r in rows)
+    assert init_weight < 1e-3
+
+
+def test_60s_and_600s_agree_on_fractions():
+    a, b = preset(max_wallclock_seconds=60.0), preset(max_wallclock_seconds=600.0)
+    for frac in (0.0, 0.3, 0.55, 0.7, 0.9, 0.99):
+        sa = schedule.at(int(frac * 600), frac * 60.0, a, 0.1)
+        sb = schedule.at(int(frac * 6000), frac * 600.0, b, 0.1)
+        assert sa.lr_scale == pytest.approx(sb.lr_scale)
+        assert sa.muon_momentum == pytest.approx(sb.muon_momentum)
+        assert sa.progress == pytest.approx(frac)
+
+
+def test_step_based_without_wallclock():
+    h = preset(max_wallclock_seconds=0, iterations=1000, lr_warmup_frac=0.1)
+    assert schedule.progress(250, 1e9, h) == 0.25  # elapsed time is ignored
+    assert schedule.lr_scale(0.05, h) == pytest.approx(0.5)  # warm-up
+    assert schedule.expected_steps(10, 5.0, h) == 1000
+    assert 1.0 / (1.0 - schedule.ema_decay(500, 1000, h)) == pytest.approx(h.ema_horizon_frac * 1000)
+
+
+def test_iterations_cap_the_wallclock_estimate():
+    h = preset(max_wallclock_seconds=600, iterations=100)
+    assert schedule.expected_steps(10, 1.0, h) == 100  # 0.1 s/step would give 6000
+    assert schedule.progress(50, 1.0, h) == 0.5  # whichever ends the run first
+
+
+def test_ema_early_steps_are_a_running_mean():
+    h = preset(max_wallclock_seconds=600)
+    assert schedule.ema_decay(0, 6000, h) == 0.0  # first update copies the weights
+    assert schedule.ema_decay(1, 6000, h) == 0.5
+
+
+def test_qat_starts_late_only():
+    h = preset()
+    assert not schedule.qat_should_start(0.0, 0.01, h)  # LR warm-up is not late
+    assert not schedule.qat_should_start(0.5, 0.8, h)
+    assert schedule.qat_should_start(h.qat_lr_scale / 2, 0.95, h)
+    h.qat = False
+    assert not schedule.qat_should_start(0.0, 0.99, h)
