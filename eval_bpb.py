@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         raise GolfError("--artifact PATH is required (the .ptz written by quantize.py)")
     if not args.data_path:
         raise GolfError("--data-path DIR is required (or set DATA_PATH), e.g. data/datasets/shakespeare_sp1024")
-    from golf.eval.score import evaluate_artifact
     from golf.eval.report import plot_bpb_vs_position, summary, write_report
+    from golf.eval.score import evaluate_artifact
 
     rank, world, owned = init_distributed(args.device)
     try:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from golf.core.utils import atomic_write_json
 from golf.data.prepare import ShardWriter
 from golf.data.tokenizer import save_tokenizer
-from golf.core.utils import atomic_write_json
 
 
 def token_folder(d: Path, tok, shard_tokens: int = 1 << 20, tokenizer_sha: str | None = None,

@@ -2,6 +2,7 @@
 import torch
 
 from golf.core.config import Hyperparameters
+from golf.model.mechanisms import build_mixer
 
 
 def small_cfg(**kw):
@@ -27,8 +28,6 @@ def randomize(module, std=0.1, seed=0, skip=()):
 def live_mixer(name, cfg, seed=0):
     """The registered mixer `name` built from `cfg`, its zero-initialised output projection moved
     off zero (a fresh layer outputs 0, which would make every check trivial)."""
-    from golf.model.mechanisms import build_mixer
-
     torch.manual_seed(seed)
     m = build_mixer(name, cfg, 0)
     torch.nn.init.normal_(m.out_proj.weight, std=0.2)

@@ -14,14 +14,16 @@ import os
 import time
 from pathlib import Path
 
-from golf.core.utils import GolfError, atomic_write_json, device_description, git_commit, main_guard, package_versions, repo_root
+from golf.core.utils import (GolfError, atomic_write_json, device_description, git_commit, main_guard, package_versions,
+                             repo_root)
+from golf.data.corpus import iter_documents
+from golf.data.prepare import _chunks_for_bench, _encode_chunk, _worker_init
+from golf.data.tokenizer import ByteTokenizer, train_sentencepiece
 
 GOAL_MB_PER_S_PER_CORE = 5.0
 
 
 def _slice(spec: str, skip_mb: float, mb: float) -> list[str]:
-    from golf.data.corpus import iter_documents
-
     docs, size, skipped = [], 0, 0
     for text in iter_documents(spec):
         if skipped < skip_mb * 1e6:
@@ -46,8 +48,6 @@ def _rate(fn, nbytes: int, repeats: int = 2) -> tuple[float, object]:
 
 
 def run(corpus: str, mb: float, workers: int) -> dict:
-    from golf.data.prepare import _chunks_for_bench, _encode_chunk, _worker_init
-    from golf.data.tokenizer import ByteTokenizer, train_sentencepiece
 
     train_text = _slice(corpus, 0, 4)
     tok = train_sentencepiece([l for d in train_text for l in d.split("\n")], 1024, num_threads=workers)

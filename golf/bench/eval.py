@@ -18,15 +18,18 @@ import time
 import numpy as np
 import torch
 
+from golf.core.config import load_config
 from golf.core.utils import atomic_write_json, device_description, git_commit, main_guard, package_versions
+from golf.data.bpb import Luts, build_luts
+from golf.data.folder import load_data_tokenizer, load_split
+from golf.eval.score import _pick_device, evaluate_bpb
+from golf.model.gpt import GPT, count_params
 
 CHALLENGE_VAL_TOKENS = 62_000_000
 EVAL_LIMIT_S = 600.0
 
 
 def _synthetic_luts(vocab: int, device):
-    from golf.data.bpb import Luts
-
     base = torch.full((vocab,), 3, dtype=torch.int16)  # ~3 bytes/token, like sp1024 on FineWeb
     base[:4] = 0
     return Luts(base.to(device), (torch.arange(vocab) % 2 == 0).to(device), (torch.arange(vocab) < 4).to(device))
@@ -46,9 +49,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="bench/eval.json")
     args = p.parse_args(argv)
 
-    from golf.core.config import load_config
-    from golf.eval.score import _pick_device, evaluate_bpb
-    from golf.model.gpt import GPT, count_params
 
     h = load_config(["--preset", args.preset], env={})
     dev = _pick_device(args.device)
@@ -65,8 +65,6 @@ def main(argv: list[str] | None = None) -> None:
     cfg = dict(h.model_config(), mtp_num_heads=0)
     model = GPT(cfg).to(dev).eval()
     if args.data_path:
-        from golf.data.bpb import build_luts
-        from golf.data.folder import load_data_tokenizer, load_split
 
         toks = load_split(args.data_path, "val", vocab_size=h.vocab_size, max_tokens=n)
         luts = build_luts(load_data_tokenizer(args.data_path), dev)

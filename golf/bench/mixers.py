@@ -18,7 +18,11 @@ import time
 
 import torch
 
-from golf.core.utils import atomic_write_json, device_description, git_commit, main_guard, package_versions
+from golf.core.config import Hyperparameters
+from golf.core.utils import GolfError, atomic_write_json, device_description, git_commit, main_guard, package_versions
+from golf.model.layers import Rotary
+from golf.model.mechanisms import build_mixer
+from golf.model.mixer import MixerContext
 
 GOAL_RATIO = 0.5
 GOAL_MIXERS = ("stream", "deltanet")
@@ -26,9 +30,6 @@ GOAL_MIXERS = ("stream", "deltanet")
 
 def bench_one(name: str, cfg: dict, batch: int, seq_len: int, device: torch.device, dtype: torch.dtype,
               iters: int, warmup: int, compile_: bool) -> dict:
-    from golf.model.layers import Rotary
-    from golf.model.mixer import MixerContext
-    from golf.model.mechanisms import build_mixer
 
     torch.manual_seed(0)
     mixer = build_mixer(name, cfg, 0).to(device)
@@ -77,8 +78,6 @@ def main(argv: list[str] | None = None) -> None:
                    help="torch.compile each layer, as training compiles the model (auto: on for CUDA)")
     args = p.parse_args(argv)
 
-    from golf.core.config import Hyperparameters
-    from golf.core.utils import GolfError
 
     dev = args.device
     if dev == "auto":

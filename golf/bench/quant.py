@@ -33,6 +33,15 @@ from typing import Any
 
 import torch
 
+from golf.compress.artifact import load_artifact, load_checkpoint, model_from_checkpoint, read_artifact, save_artifact
+from golf.core.config import apply_overrides, load_config
+from golf.core.utils import atomic_write_json, device_description, git_commit, main_guard
+from golf.data.bpb import build_luts
+from golf.data.folder import load_data_tokenizer, load_split
+from golf.eval.score import evaluate_val_loss
+from golf.model.gpt import GPT
+from golf.model.mixer import quant_group_of
+
 PUBLIC_RECORD = {"params": 25_800_000, "bytes": 14_998_539, "bits_per_param": 4.65}
 PUBLIC_KEEP_FP16_NUMEL = 65_536
 PUBLIC_INT8_CLIP_Q = 0.9999984
@@ -42,8 +51,6 @@ def public_format_bytes(model) -> dict[str, Any]:
     """Bytes of `model`'s exported weights in the public int5/int6 records' layout (module doc)."""
     import numpy as np
     import zstandard
-
-    from golf.model.mixer import quant_group_of
 
     exported = model.export_state_dict() if hasattr(model, "export_state_dict") else model.state_dict()
     params = dict(model.named_parameters())
@@ -71,8 +78,6 @@ def public_format_bytes(model) -> dict[str, Any]:
 
 
 def _size_figures(model, h, tag: str) -> dict[str, Any]:
-    from golf.compress.artifact import read_artifact, save_artifact
-
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "m.ptz"
         rep = save_artifact(path, model, h, "0" * 64)
@@ -88,8 +93,6 @@ def _size_figures(model, h, tag: str) -> dict[str, Any]:
 
 
 def bench_preset(preset: str = "record", overrides: dict[str, str] | None = None) -> dict[str, Any]:
-    from golf.core.config import apply_overrides, load_config
-    from golf.model.gpt import GPT
 
     h = load_config([], env={}, preset=preset)
     if overrides:  # e.g. QUANT_CLIP_RATIOS=1.0
@@ -113,16 +116,10 @@ def bench_preset(preset: str = "record", overrides: dict[str, str] | None = None
 
 def bench_checkpoint(checkpoint: str, data_path: str, max_tokens: int, device: str,
                      overrides: dict[str, str] | None = None) -> dict[str, Any]:
-    from golf.compress.artifact import load_artifact, load_checkpoint, model_from_checkpoint, save_artifact
-    from golf.data.bpb import build_luts
-    from golf.data.folder import load_data_tokenizer, load_split
-    from golf.eval.score import evaluate_val_loss
 
     ck = load_checkpoint(checkpoint)
     model, h = model_from_checkpoint(ck, checkpoint)
     if overrides:  # quantisation settings to try on this checkpoint, e.g. QUANT_MIN_NUMEL=4096
-        from golf.core.config import apply_overrides
-
         apply_overrides(h, overrides, "--set")
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "m.ptz"
@@ -158,8 +155,6 @@ def main(argv: list[str] | None = None) -> None:
                     help="override a quantisation setting for this run (repeatable), e.g. QUANT_MLP_BITS=4")
     ap.add_argument("--out", default="bench/quant.json")
     a = ap.parse_args(argv)
-    from golf.core.utils import atomic_write_json, device_description, git_commit
-
     res: dict[str, Any] = {"commit": git_commit(), "device": device_description(), "public_record": PUBLIC_RECORD}
     sets = dict(kv.split("=", 1) for kv in a.set)
     if a.checkpoint:
@@ -173,6 +168,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from golf.core.utils import main_guard
-
     main_guard(main)()

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from golf.core.utils import atomic_write_json, main_guard
+from golf.core.utils import GolfError, atomic_write_json, main_guard
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -21,8 +21,6 @@ def _load(path: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except json.JSONDecodeError as e:
-        from golf.core.utils import GolfError
-
         raise GolfError(f"{path} is not valid JSON ({e}); re-run the bench that writes it") from None
 
 

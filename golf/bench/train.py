@@ -17,7 +17,12 @@ import time
 import numpy as np
 import torch
 
+from golf.compress.quant import clip_ratios, quant_plan
+from golf.core.config import load_config
 from golf.core.utils import atomic_write_json, device_description, git_commit, main_guard, package_versions, today
+from golf.data.loader import TokenLoader
+from golf.train.optim import build_optimizers
+from golf.train.trainer import batch_layout, build_model, setup_distributed, train_step
 
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # bf16 dense, per GPU
 
@@ -42,11 +47,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="", help="default: bench/train_<preset>.json (record and baseline side by side)")
     args, rest = p.parse_known_args(argv)
 
-    from golf.core.config import load_config
-    from golf.data.loader import TokenLoader
-    from golf.train.optim import build_optimizers
-    from golf.compress.quant import clip_ratios, quant_plan
-    from golf.train.trainer import batch_layout, build_model, setup_distributed, train_step
 
     cuda = torch.cuda.is_available()
     preset = args.preset or ("record" if cuda else "tiny")

@@ -42,8 +42,13 @@ import torch
 from torch import nn
 
 from golf.compress import pack as packing_mod
-from golf.compress.quant import FP16, bits_for_tensor, clip_ratios, dequantize_rows, quantize_rows
-from golf.core.utils import GolfError, atomic_path, git_commit, sha256_bytes
+from golf.compress.codesize import code_bytes
+from golf.compress.quant import bits_for_tensor, clip_ratios
+from golf.core.config import BYTES_CAP, from_dict
+from golf.core.utils import GolfError, atomic_path, atomic_write_json, git_commit, sha256_bytes
+from golf.model.gpt import GPT
+from golf.model.mixer import quant_group_of
+from golf.model.quantgrid import FP16, dequantize_rows, quantize_rows
 
 MAGIC = b"GOLFQZ\r\n"
 FORMAT_VERSION = 1
@@ -81,8 +86,6 @@ def export_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str,
 
     Uses `model.export_state_dict()` when the model has it (drops MTP heads, may return EMA weights),
     else `state_dict()`. Groups come from the parameters' tags (golf.model.mixer); buffers -> "buffer"."""
-    from golf.model.mixer import quant_group_of
-
     sd = model.export_state_dict() if hasattr(model, "export_state_dict") else model.state_dict()
     params = dict(model.named_parameters(remove_duplicate=False))
     groups = {name: (quant_group_of(params[name]) if name in params else "buffer") for name in sd}
@@ -299,8 +302,6 @@ def decode_tensors(header: dict[str, Any], raw: bytes) -> dict[str, torch.Tensor
 
 
 def _build_gpt(model_config: dict[str, Any]) -> nn.Module:
-    from golf.model.gpt import GPT
-
     return GPT(dict(model_config), with_mtp=False)  # training-only heads are never rebuilt for eval
 
 
@@ -332,19 +333,6 @@ def load_artifact(
 # ---------------------------------------------------------------------------------------------
 # quantize.py: checkpoint -> artifact, and the byte-budget check
 
-CAP_BYTES = 16_000_000  # the challenge's cap: compressed model + code, decimal bytes
-
-
-def code_bytes(code: str | Path | None) -> tuple[int, str]:
-    """Bytes of the submitted code: the given file, or the single-file bundle built now."""
-    if code:
-        p = Path(code)
-        if not p.is_file():
-            raise GolfError(f"--code {p}: no such file; pass the bundled train_gpt.py (make bundle) or leave it out")
-        return p.stat().st_size, str(p)
-    from golf.compress.bundle import bundle_bytes
-
-    return len(bundle_bytes()), "bundle (python -m golf.compress.bundle, generated now)"
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -363,8 +351,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def model_from_checkpoint(ck: dict[str, Any], path: str | Path = "checkpoint") -> tuple[nn.Module, Any]:
     """(GPT with the checkpoint's export weights, Hyperparameters)."""
-    from golf.core.config import from_dict
-
     h = from_dict(ck["config"], source=str(path))
     model = _build_gpt(ck["model_config"])
     sd = {k: v for k, v in ck["state_dict"].items() if not k.startswith("mtp_heads.")}
@@ -380,8 +366,6 @@ def quantize_checkpoint(
     checkpoint: str | Path, out: str | Path | None = None, packing: str = "int8", code: str | Path | None = None
 ) -> dict[str, Any]:
     """final.pt -> model.ptz (+ size.json beside it). Returns the size report (bytes_total etc.)."""
-    from golf.core.utils import atomic_write_json
-
     checkpoint = Path(checkpoint)
     ck = load_checkpoint(checkpoint)
     model, h = model_from_checkpoint(ck, checkpoint)
@@ -401,7 +385,7 @@ def _budget(rep: dict[str, Any], code: str | Path | None) -> dict[str, Any]:
     total = rep["bytes"] + nbytes
     return {
         "bytes_total": total, "bytes_model": rep["bytes"], "bytes_code": nbytes, "code_source": source,
-        "cap": CAP_BYTES, "fits": total <= CAP_BYTES, "headroom": CAP_BYTES - total, "artifact": rep["path"],
+        "cap": BYTES_CAP, "fits": total <= BYTES_CAP, "headroom": BYTES_CAP - total, "artifact": rep["path"],
         "params": rep["params"], "bits_per_param": rep["bits_per_param"],
         "payload_bytes": rep["payload_bytes"], "header_bytes": rep["header_bytes"],
         "groups": rep["groups"], "seconds": rep.get("seconds", {}),

@@ -27,7 +27,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from golf.core.utils import GolfError, atomic_write_bytes, repo_root
+from golf.core.config import FIELD_TYPES
+from golf.core.utils import GolfError, atomic_write_bytes, git_commit, main_guard, repo_root
 
 OPTIONAL_DEPS = ("datasets", "scipy", "matplotlib", "tqdm", "huggingface_hub", "pyarrow")
 # never bundled: benchmarks and the bundler itself (inside a bundle the code size is the file's own)
@@ -151,8 +152,6 @@ def minify(src: str) -> str:
 
 def record_defaults(record: str | Path) -> dict[str, str]:
     """A record's config as environment defaults (upper-case names, string values)."""
-    from golf.core.config import FIELD_TYPES
-
     path = Path(record) / "submission.json"
     if not path.is_file():
         raise GolfError(f"{path} not found; pass --record a records/<track>/<date>_<name>/ folder")
@@ -174,8 +173,6 @@ def record_defaults(record: str | Path) -> dict[str, str]:
 
 def bundle_bytes(record: str | Path | None = None, do_minify: bool = True, entry: Path | None = None) -> bytes:
     """The single-file train_gpt.py as bytes (what counts against the cap)."""
-    from golf.core.utils import git_commit
-
     mods = collect_modules(entry)
     if do_minify:
         mods = {k: (p, minify(s)) for k, (p, s) in mods.items()}
@@ -212,6 +209,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from golf.core.utils import main_guard
-
     main_guard(main)()

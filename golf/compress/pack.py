@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from golf.model.quantgrid import quantize_rows
+
 PACKINGS = ("int8", "bits")
 
 
@@ -120,8 +122,6 @@ def entropy_bits(q: np.ndarray) -> float:
 def measure(rows: int = 1536, cols: int = 512, level: int = 22, seed: int = 0) -> list[dict]:
     """The measurement quoted in the module docstring (Gaussian and heavier-tailed rows)."""
     import torch
-
-    from golf.compress.quant import quantize_rows
 
     g = torch.Generator().manual_seed(seed)
     sources = {

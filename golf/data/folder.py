@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import re
+import sys
 from pathlib import Path
 
 import numpy as np

@@ -16,14 +16,16 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from golf.core.utils import GolfError
+from golf.data.folder import shard_files
+from golf.data.shards import read_shard
+
 
 class TokenLoader:
     def __init__(self, shards: Sequence[np.ndarray], seq_len: int, local_batch_seqs: int,
                  rank: int = 0, world_size: int = 1, seed: int = 0):
         self.shards = [s for s in shards if len(s) > 0]
         if not self.shards:
-            from golf.core.utils import GolfError
-
             raise GolfError("the train split has no tokens; run `make data` (see README) to build shards")
         self.lengths = np.array([len(s) for s in self.shards], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
@@ -33,8 +35,6 @@ class TokenLoader:
         self.local_tokens = seq_len * local_batch_seqs
         self.global_tokens = self.local_tokens * world_size
         if self.global_tokens + 1 > self.total:
-            from golf.core.utils import GolfError
-
             raise GolfError(f"the train split has {self.total} tokens, fewer than one global micro-batch "
                             f"({self.global_tokens}); use more data or a smaller TRAIN_BATCH_TOKENS")
         # a seed-dependent phase, aligned to whole sequences (deterministic: no global RNG)
@@ -43,8 +43,6 @@ class TokenLoader:
 
     @classmethod
     def from_data_path(cls, data_path: str | Path, vocab_size: int | None, **kw) -> "TokenLoader":
-        from golf.data.folder import shard_files
-        from golf.data.shards import read_shard
 
         files = shard_files(data_path, "train")
         return cls([read_shard(f, vocab_size) for f in files], **kw)
@@ -87,8 +85,6 @@ class TokenLoader:
 
     def load_state_dict(self, state: dict) -> None:
         if state["total"] != self.total or state["global_tokens"] != self.global_tokens:
-            from golf.core.utils import GolfError
-
             raise GolfError(
                 f"checkpoint's data stream ({state['total']} tokens, {state['global_tokens']} per micro-batch) "
                 f"differs from this run's ({self.total}, {self.global_tokens}); resume with the same DATA_PATH, "

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from golf.core.utils import GolfError, main_guard
+from golf.core.utils import GolfError, atomic_dir, atomic_write_json, git_commit, main_guard, sha256_file
+from golf.data.corpus import corpus_stem, iter_documents, source_files
 from golf.data.folder import SPLITS, read_manifest, shard_name, split_layout
 from golf.data.shards import HEADER_INTS, MAGIC, VERSION, write_shard
+from golf.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, save_tokenizer, train_sentencepiece
 
 DEFAULT_SHARD_TOKENS = 1 << 24  # 32 MiB a shard: a few files for a wiki shard, one for Shakespeare
 
@@ -26,8 +28,6 @@ def _worker_init(kind: str, file_bytes: bytes) -> None:
 
 
 def _make_tokenizer(kind: str, file_bytes: bytes):
-    from golf.data.tokenizer import ByteTokenizer, SentencePieceTokenizer
-
     return ByteTokenizer(file_bytes) if kind == "byte" else SentencePieceTokenizer(file_bytes)
 
 
@@ -120,8 +120,6 @@ def write_data_folder(out: str | os.PathLike, tokenizer, splits, name: str,
     Returns the manifest."""
     import time
 
-    from golf.data.tokenizer import save_tokenizer
-    from golf.core.utils import atomic_dir, atomic_write_json, git_commit
 
     if tokenizer.vocab_size > 2**16:
         raise GolfError(f"vocab size {tokenizer.vocab_size} does not fit uint16 shards; use --vocab-size <= 65536")
@@ -201,8 +199,6 @@ def val_hash_threshold(docs, val_frac: float) -> int:
 
 
 def _sources(spec: str) -> list[dict]:
-    from golf.data.corpus import source_files
-    from golf.core.utils import sha256_file
 
     return [{"path": str(p), "sha256": sha256_file(p), "bytes": p.stat().st_size} for p in source_files(spec)]
 
@@ -220,8 +216,6 @@ def prepare(corpus: str = "shakespeare", val: str = "", tokenizer: str = "sp", v
     An existing folder made from the same sources and settings is kept as it is (unless force)."""
     import time
 
-    from golf.data.corpus import corpus_stem, iter_documents
-    from golf.data.tokenizer import ByteTokenizer, train_sentencepiece
 
     if tokenizer not in ("sp", "byte"):
         raise GolfError(f"unknown tokenizer {tokenizer!r}; use --tokenizer sp or --tokenizer byte")

@@ -36,8 +36,11 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from golf.model.layers import BOS_ID
+from golf.compress.artifact import load_artifact  # lazy: pulls in the quantiser and the model
 from golf.core.utils import GolfError, main_guard
+from golf.data.folder import tokenizer_path
+from golf.data.tokenizer import load_tokenizer
+from golf.model.layers import BOS_ID
 
 WINDOW = 4  # tokens fed to the embeddings per incremental step (features look back 1 token)
 
@@ -308,16 +311,12 @@ def _checked_prefill(dec: IncrementalDecoder, idx: Tensor, full) -> Tensor | Non
 
 
 def _load_tokenizer(args, meta: dict):
-    from golf.data.tokenizer import load_tokenizer
-
     path = args.tokenizer
     if not path:
         cfg = meta.get("config") or {}
         path = cfg.get("tokenizer_path") or ""
         if not path and cfg.get("data_path"):
             try:
-                from golf.data.folder import tokenizer_path
-
                 path = str(tokenizer_path(cfg["data_path"]))
             except Exception:
                 path = ""
@@ -345,8 +344,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--full-recompute", action="store_true", help="never carry recurrent state or KV caches")
     args = p.parse_args(argv)
-
-    from golf.compress.artifact import load_artifact  # lazy: pulls in the quantiser and the model
 
     model, meta = load_artifact(args.artifact, device=args.device)
     tok = _load_tokenizer(args, meta)

@@ -31,7 +31,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from golf.compress.artifact import load_artifact
 from golf.core.utils import GolfError
+from golf.data.bpb import build_luts, token_bytes
+from golf.data.folder import load_data_tokenizer, load_split, read_manifest
+from golf.eval.report import build_report
 
 LN2 = math.log(2.0)
 
@@ -157,8 +161,6 @@ def evaluate_bpb(
     with torch.compile; `static_batch` (default: = compile) pads the last batch with unscored
     windows so the shape never changes and the compiled graph is reused. all_reduce=False returns
     this rank's share of the sums only (tests; callers that reduce themselves)."""
-    from golf.data.bpb import token_bytes
-
     device = torch.device(device)
     if batch_windows <= 0:
         raise GolfError(f"batch_windows={batch_windows} must be positive (set --batch-windows / EVAL_BATCH_WINDOWS)")
@@ -252,8 +254,6 @@ def evaluate_bpb_reference(
     window scores seq_len of them, every later one the next `stride` (fewer at the end), each from a
     window that ends at its last scored target. Uses the model's logits (targets=None), not its
     per-token loss, so the two paths share no loss code."""
-    from golf.data.bpb import token_bytes
-
     device = torch.device(device)
     stream = _as_long_tensor(tokens)
     check_window_args(stream.numel(), seq_len, stride)
@@ -368,8 +368,6 @@ def check_artifact_matches_data(artifact: str, meta: dict[str, Any], data_path: 
     """The artifact's tokenizer hash and vocab must be those of the data folder's shards."""
     from pathlib import Path
 
-    from golf.data.folder import read_manifest
-
     manifest = read_manifest(data_path)
     mpath = Path(data_path) / "manifest.json"
     want, have = manifest["tokenizer"].get("sha256"), meta.get("tokenizer_sha256")
@@ -419,10 +417,6 @@ def evaluate_artifact(
 ) -> dict[str, Any]:
     """Load the artifact (never a training checkpoint), check it against the data folder, evaluate
     the val split. 0 / None settings come from the artifact's config. Returns the JSON report."""
-    from golf.compress.artifact import load_artifact
-    from golf.data.bpb import build_luts
-    from golf.data.folder import load_data_tokenizer, load_split
-    from golf.eval.report import build_report
 
     dev = _pick_device(device)
     model, meta = load_artifact(artifact, device=dev)

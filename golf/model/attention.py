@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from golf.core.utils import GolfError
 from golf.model.layers import CastedLinear, apply_rotary, rms_norm
 from golf.model.mixer import MixerContext, SequenceMixer, tag
-from golf.core.utils import GolfError
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool | None = None) -> Tensor:

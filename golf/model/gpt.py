@@ -23,35 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from golf.core.config import layer_mixers
+from golf.core.utils import GolfError
 from golf.model.embed import BigramHash, SmearGate
 from golf.model.layers import BOS_ID, MLP, CastedLinear, Rotary, rms_norm
-from golf.model.mixer import MixerContext, tag
 from golf.model.mechanisms import build_mechanisms, build_mixer
-from golf.core.utils import GolfError
+from golf.model.mixer import MixerContext, tag
 
 TRAINING_ONLY_PREFIXES = ("mtp_heads.",)  # parameters never exported into the artifact
-
-
-def layer_mixers(cfg: dict[str, Any]) -> list[str]:
-    """Per logical layer mixer names from MIXERS:
-    "" -> attn everywhere; "swa_pattern" -> GLOBAL_EVERY-1 local ("swa") layers then one global
-    ("attn"), repeated (3 local : 1 global with GLOBAL_EVERY=4); a list of NUM_LAYERS names; or a
-    shorter list whose length divides NUM_LAYERS, tiled (e.g. swa,swa,swa,attn for 8 layers)."""
-    n = int(cfg["num_layers"])
-    names = [m.strip() for m in str(cfg.get("mixers", "") or "").split(",") if m.strip()]
-    if not names:
-        return ["attn"] * n
-    if names == ["swa_pattern"]:
-        every = int(cfg.get("global_every", 4))
-        if every < 1:
-            raise GolfError(f"GLOBAL_EVERY={every} must be >= 1 with MIXERS=swa_pattern")
-        return ["attn" if (i + 1) % every == 0 else "swa" for i in range(n)]
-    if len(names) == n:
-        return names
-    if n % len(names) == 0:
-        return names * (n // len(names))
-    raise GolfError(f"MIXERS lists {len(names)} layers but NUM_LAYERS={n}: give one mixer per layer, "
-                    f"a pattern whose length divides {n}, or MIXERS=swa_pattern")
 
 
 class Block(nn.Module):

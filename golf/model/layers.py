@@ -10,13 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from golf.model.mixer import tag
+from golf.model.quantgrid import fake_quantize
+
 BOS_ID = 1  # every document in a shard starts with BOS (id 1), as in the challenge's shards
 
 
 class CastedLinear(nn.Linear):
     """A bias-free linear layer whose fp32 weight is cast to the input dtype in forward.
 
-    `qat_bits` > 0 turns on late QAT: the forward uses golf.compress.quant.fake_quantize(w, bits) through a
+    `qat_bits` > 0 turns on late QAT: the forward uses golf.model.quantgrid.fake_quantize(w, bits) through a
     straight-through estimator (forward sees the quantised weight, backward the identity), at the
     same per-tensor bit width (and clip ratios, `qat_ratios`) the exporter will use. The trainer sets
     them through `GPT.set_qat_bits(plan, ratios)` where plan = golf.compress.quant.quant_plan(model, h)."""
@@ -24,16 +27,13 @@ class CastedLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__(in_features, out_features, bias=bias)
         self.qat_bits = 0
-        self.qat_ratios: tuple[float, ...] | None = None  # None = golf.compress.quant.CLIP_RATIOS
+        self.qat_ratios: tuple[float, ...] | None = None  # None = golf.model.quantgrid.CLIP_RATIOS
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
-        if 0 < self.qat_bits < 16:
-            from golf.compress.quant import fake_quantize  # lazy: golf.compress.quant imports the model side too
-
-            wq = fake_quantize(w, self.qat_bits) if self.qat_ratios is None else \
+        if 0 < self.qat_bits < 16:  # fake_quantize is the straight-through estimator itself
+            w = fake_quantize(w, self.qat_bits) if self.qat_ratios is None else \
                 fake_quantize(w, self.qat_bits, self.qat_ratios)
-            w = w + (wq - w).detach()
         b = self.bias.to(x.dtype) if self.bias is not None else None
         return F.linear(x, w.to(x.dtype), b)
 
@@ -88,8 +88,6 @@ class MLP(nn.Module):
 
     def __init__(self, dim: int, mult: float):
         super().__init__()
-        from golf.model.mixer import tag
-
         hidden = int(round(mult * dim))
         self.fc = CastedLinear(dim, hidden)
         self.proj = CastedLinear(hidden, dim)

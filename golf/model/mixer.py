@@ -14,7 +14,7 @@ Untagged parameters are classified by shape: 2-D -> ("other", "matrix"), else ("
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn

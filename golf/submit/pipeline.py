@@ -33,14 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from golf.core import plots
+from golf.core.config import (BYTES_CAP, PRESETS, Hyperparameters, apply_overrides, check_name, from_dict, load_config,
+                              parse_cli, parse_env)
+from golf.core.utils import (GolfError, atomic_dir, atomic_write_json, atomic_write_text, device_description,
+                             git_commit, main_guard, now_stamp, repo_root, sha256_bytes, sha256_file, today)
+from golf.data.folder import split_layout
 from golf.submit import records as R
 from golf.submit import stats
-from golf.data.folder import split_layout
-from golf.core.config import PRESETS, Hyperparameters, apply_overrides, check_name, from_dict, load_config, parse_cli, parse_env
-from golf.core.utils import (
-    GolfError, atomic_dir, atomic_write_json, atomic_write_text, device_description, git_commit, main_guard,
-    now_stamp, repo_root, sha256_bytes, sha256_file, today,
-)
 
 CACHE_DIR = "cache"  # under OUT_DIR (runs/cache)
 DEFAULT_DATA_PATH = Hyperparameters.data_path
@@ -371,9 +371,9 @@ def run_seed(h: Hyperparameters, stages: Stages, use_cache: bool = True) -> Seed
     size = _read_json(run_dir / "size.json")
     if not isinstance(size.get("bytes_total"), int):
         raise GolfError(f"{run_dir / 'size.json'} is missing or has no bytes_total; see {log}")
-    if size["bytes_total"] > R.BYTES_CAP:
+    if size["bytes_total"] > BYTES_CAP:
         raise GolfError(
-            f"seed {h.seed}: bytes_total {size['bytes_total']:,} is over the {R.BYTES_CAP:,}-byte cap "
+            f"seed {h.seed}: bytes_total {size['bytes_total']:,} is over the {BYTES_CAP:,}-byte cap "
             f"({json.dumps(size)}); lower QUANT_*_BITS or the model size. No record was written."
         )
     say(f"seed {h.seed}: sliding-window eval (stride {h.eval_stride})")
@@ -503,7 +503,6 @@ def submit(
         files = []
         for r in runs:
             files += _copy_seed_files(r, tmp)
-        from golf.core import plots
         if plots.loss_curves({f"seed {r.seed}": _history(r) for r in runs}, tmp / "loss_curve.png", title=name):
             files.append("loss_curve.png")
         sub["files"] = ["submission.json", "README.md"] + sorted(files)
@@ -597,7 +596,6 @@ def ablate(
         for arm in ("A", "B"):
             for r in runs[arm]:
                 files += _copy_seed_files(r, tmp, prefix=f"{arm}_")
-        from golf.core import plots
         hist = {f"{arm} s{r.seed}": _history(r) for arm in ("A", "B") for r in runs[arm]}
         plots.ablation_plot(seed_list, [r["val_bpb"] for r in ra], [r["val_bpb"] for r in rb], hist,
                             tmp / "ablation.png", title=name)
@@ -739,8 +737,8 @@ def verify(
             say(f"FAIL seed {s}: no size could be measured")
             ok = False
         else:
-            fits = size_total <= R.BYTES_CAP
-            say(f"{'PASS' if fits else 'FAIL'} seed {s}: bytes_total {size_total:,} (cap {R.BYTES_CAP:,}; "
+            fits = size_total <= BYTES_CAP
+            say(f"{'PASS' if fits else 'FAIL'} seed {s}: bytes_total {size_total:,} (cap {BYTES_CAP:,}; "
                 f"claimed {claim['bytes_total']:,})")
             ok &= fits
     say(f"verdict: {'VERIFIED' if ok else 'NOT VERIFIED'} ({folder})")

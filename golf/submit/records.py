@@ -27,10 +27,10 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from golf.data.folder import SPLITS, read_manifest, split_tokens
+from golf.core.config import BYTES_CAP, load_config
 from golf.core.utils import GolfError, atomic_write_bytes, sha256_file
+from golf.data.folder import SPLITS, read_manifest, split_tokens
 
-BYTES_CAP = 16_000_000  # decimal bytes: compressed model + code (challenge rule)
 ABLATIONS_TRACK = "ablations"
 CHALLENGE_TRACK = "track_10min_16mb"
 MANIFESTS = "manifests"  # not a track: the data manifests records pin
@@ -148,8 +148,6 @@ def techniques(cfg: dict[str, Any]) -> list[str]:
 
 def non_default_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     """Settings of `cfg` that differ from its preset (what a reproduce command must pass)."""
-    from golf.core.config import load_config
-
     base = load_config(argv=[], env={}, preset=cfg.get("preset", "tiny"), finalize=False)
     base.eval_seq_len = base.eval_seq_len or cfg.get("train_seq_len", base.train_seq_len)
     ref = base.to_dict()

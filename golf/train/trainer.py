@@ -32,13 +32,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from golf.compress.quant import clip_ratios, estimate_artifact_bytes, quant_plan
+from golf.core.config import BYTES_CAP
+from golf.core.utils import (GolfError, RunLog, atomic_path, atomic_write_json, compile_stats, device_description,
+                             git_commit)
+from golf.data.bpb import bits_per_byte, build_luts, token_bytes
+from golf.data.folder import load_data_tokenizer, load_split
+from golf.data.loader import TokenLoader
+from golf.model.gpt import GPT, layer_mixers
 from golf.train import schedule
 from golf.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from golf.data.loader import TokenLoader
 from golf.train.optim import apply_schedule, build_optimizers
-from golf.core.utils import GolfError, RunLog, atomic_write_json, compile_stats, device_description, git_commit
 
-SIZE_CAP = 16_000_000
 PREFLIGHT_MARGIN = 0.03  # warn when the estimate is this close to the cap (its measured error: golf.compress.quant)
 # per-rank tokens in one micro-batch when MICRO_BATCH_SEQS/GRAD_ACCUM_STEPS are not given (at
 # most 48 x 2048 record-preset sequences: they fit an 80 GB H100); on CPU small micro-batches keep
@@ -77,8 +82,6 @@ def setup_distributed(h) -> Dist:
         raise GolfError("DEVICE=cuda but no CUDA device is visible; use DEVICE=cpu or DEVICE=auto")
     if want not in ("cpu", "cuda"):
         raise GolfError(f"DEVICE={h.device!r}: use auto, cpu or cuda")
-    from golf.model.gpt import layer_mixers
-
     if want == "cpu" and str(h.flex_attention).lower() == "on" and "swa" in layer_mixers(h.model_config()):
         # torch's flex_attention has no CPU backward (2.11 and 2.13 alike): fail before compiling
         raise GolfError("FLEX_ATTENTION=on trains only on CUDA (flex_attention has no CPU backward); "
@@ -114,8 +117,6 @@ def batch_layout(h, world_size: int, device_type: str) -> tuple[int, int]:
 
 
 def build_model(h, device: torch.device) -> nn.Module:
-    from golf.model.gpt import GPT
-
     return GPT(h.model_config()).to(device)
 
 
@@ -126,13 +127,11 @@ def set_qat(model: nn.Module, plan: dict[str, int] | int) -> int:
 
 def preflight(model: nn.Module, h, log: RunLog) -> dict[str, Any]:
     """Refuse a config whose artifact cannot fit the 16,000,000-byte cap (unless ALLOW_OVERSIZE=1)."""
-    from golf.compress.quant import estimate_artifact_bytes
-
     est = estimate_artifact_bytes(model, h)
     lines = [f"  {g:<12} params:{e['params']:>11,} bits:{e['bits']:>2} bytes:{e['bytes']:>11,}"
              for g, e in sorted(est["groups"].items())]
     lines += [f"  {'header':<12} bytes:{est['header']:,}", f"  {'code':<12} bytes:{est['code']:,}"]
-    total, cap = int(est["total"]), int(est.get("cap", SIZE_CAP))
+    total, cap = int(est["total"]), int(est.get("cap", BYTES_CAP))
     log.kv(preflight_bytes=total, cap=cap, params=int(est["params"]), bits_per_param=float(est["bits_per_param"]))
     for line in lines:
         log.write("preflight" + line)
@@ -208,8 +207,6 @@ def evaluate_val(model: nn.Module, val: np.ndarray, luts, seq_len: int, batch_se
                  amp) -> tuple[float, float]:
     """Training-time val: non-overlapping windows over the val prefix, tokenizer-agnostic BPB
     (golf.data.bpb). Windows are split across ranks, sums all-reduced. Returns (val_loss, val_bpb)."""
-    from golf.data.bpb import bits_per_byte, token_bytes
-
     n_windows = (len(val) - 1) // seq_len
     if n_windows < 1:
         raise GolfError(f"the val split has {len(val)} tokens, fewer than one TRAIN_SEQ_LEN={seq_len} window; "
@@ -306,9 +303,6 @@ def train(h) -> dict[str, Any]:
 
 
 def _train(h, d: Dist, t_start: float) -> dict[str, Any]:
-    from golf.data.bpb import build_luts
-    from golf.data.folder import load_data_tokenizer, load_split
-    from golf.compress.quant import clip_ratios, quant_plan
 
     if d.on:  # every rank must use rank 0's run id (auto ids embed a timestamp)
         obj = [h.run_id]
@@ -565,8 +559,6 @@ def _train(h, d: Dist, t_start: float) -> dict[str, Any]:
         "wall_seconds": time.time() - t_start,
     }
     if d.master:
-        from golf.core.utils import atomic_path
-
         final = {"config": h.to_dict(), "model_config": h.model_config(),
                  "state_dict": {k: v.detach().cpu() for k, v in _export_state(model).items()},
                  "tokenizer_sha256": tokenizer.sha256, "data_path": str(h.data_path), "metrics": summary}

@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from golf.bench.summary import main, summarise
+
 
 def _run(module, argv):
     import importlib
@@ -67,8 +69,6 @@ def test_bench_mixers_rejects_cuda_without_gpu(tmp_path, capsys):
 
 
 def test_summary_judges_only_gpu_figures(tmp_path, capsys):
-    from golf.bench.summary import main, summarise
-
     def put(name, obj):
         (tmp_path / name).write_text(json.dumps(obj))
 

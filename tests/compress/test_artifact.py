@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from golf.compress.artifact import FORMAT_VERSION, MAGIC, load_artifact, read_artifact, save_artifact
-from golf.core.config import load_config
-from golf.model.mixer import tag
-from golf.model.gpt import GPT
 from golf.compress.quant import estimate_artifact_bytes, quantize_model_
-from golf.core.utils import GolfError
+from golf.core.config import load_config
+from golf.core.utils import GolfError, repo_root
+from golf.model.gpt import GPT
+from golf.model.mixer import tag
 
 TOK_SHA = "ab" * 32
 
@@ -204,8 +204,6 @@ def test_quantize_cli_writes_artifact_and_size_json_and_enforces_cap(tmp_path, m
     import json
     import subprocess
     import sys
-
-    from golf.core.utils import repo_root
 
     h = _h()
     model = _trained_ish(h, seed=1)  # has an MTP head: quantize.py must drop it

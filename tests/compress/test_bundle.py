@@ -6,9 +6,8 @@ import sys
 
 import pytest
 
-from golf.compress.bundle import (
-    OPTIONAL_DEPS, bundle_bytes, collect_modules, heavy_top_level_imports, minify, record_defaults, write_bundle,
-)
+from golf.compress.bundle import (OPTIONAL_DEPS, bundle_bytes, collect_modules, heavy_top_level_imports, minify,
+                                  record_defaults, write_bundle)
 from golf.core.utils import GolfError
 
 

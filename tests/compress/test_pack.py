@@ -2,9 +2,8 @@
 import numpy as np
 import pytest
 
-from golf.compress.pack import (
-    best_packing, pack, pack_bits, pack_bits_reference, packed_size, unpack, unpack_bits, unpack_bits_reference,
-)
+from golf.compress.pack import (best_packing, pack, pack_bits, pack_bits_reference, packed_size, unpack, unpack_bits,
+                                unpack_bits_reference)
 
 
 def _values(bits, n, seed=0):

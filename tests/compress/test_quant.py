@@ -3,13 +3,13 @@ import pytest
 import torch
 from torch import nn
 
+from golf.compress.quant import bits_for_group, bits_for_tensor, clip_ratios, estimate_artifact_bytes, quant_plan
 from golf.core.config import load_config
-from golf.model.mixer import tag
-from golf.compress.quant import (
-    CLIP_RATIOS, FP16, bits_for_group, bits_for_tensor, clip_ratios, dequantize_rows, estimate_artifact_bytes,
-    fake_quantize, qmax_for, quant_plan, quantize_dequantize, quantize_rows, quantize_rows_reference,
-)
 from golf.core.utils import GolfError
+from golf.model.gpt import GPT
+from golf.model.mixer import tag
+from golf.model.quantgrid import (CLIP_RATIOS, FP16, dequantize_rows, fake_quantize, qmax_for, quantize_dequantize,
+                                  quantize_rows, quantize_rows_reference)
 
 
 def _h(**kw):
@@ -152,8 +152,6 @@ def test_quant_plan_on_tagged_module():
 
 
 def test_estimate_has_group_breakdown_and_flags_oversize():
-    from golf.model.gpt import GPT
-
     h = _h()
     model = GPT(h.model_config())
     est = estimate_artifact_bytes(model, h, code_bytes=50_000)

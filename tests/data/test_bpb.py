@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from golf.data.bpb import audit_bytes, bits_per_byte, build_luts, token_bytes
+from golf.data.bpb import audit_bytes, audit_file, bits_per_byte, build_luts, token_bytes
+from golf.data.corpus import iter_jsonl_fast
+from golf.data.folder import tokenizer_path
 from golf.data.tokenizer import ByteTokenizer, train_sentencepiece
 
 N_DOCS = 300
@@ -14,16 +16,12 @@ N_DOCS = 300
 
 @pytest.fixture(scope="module")
 def fineweb_docs(shared_data):
-    from golf.data.corpus import iter_jsonl_fast
-
     return list(itertools.islice(iter_jsonl_fast(shared_data / "fineweb_val.jsonl.zst"), N_DOCS))
 
 
 @pytest.fixture(scope="module")
 def sp1024(shared_data):
     """The challenge's default size: a 1024-piece BPE trained on ~2 MB of wiki text."""
-    from golf.data.corpus import iter_jsonl_fast
-
     lines, size = [], 0
     for doc in iter_jsonl_fast(shared_data / "wiki_train_00.jsonl.zst"):
         lines += doc.split("\n")
@@ -100,8 +98,6 @@ def test_bits_per_byte():
 
 
 def test_audit_file_cli_helper(sp_data_dir, shared_data, capsys):
-    from golf.data.bpb import audit_file
-    from golf.data.folder import tokenizer_path
 
     r = audit_file(tokenizer_path(sp_data_dir), shared_data / "fineweb_val.jsonl.zst", max_docs=20)
     assert r["ok"] and r["docs"] == 20

@@ -5,10 +5,10 @@ import json
 import pytest
 import zstandard
 
+from golf.core.utils import GolfError
 from golf.data import corpus
 from golf.data.corpus import (corpus_stem, dedupe_editions, iter_documents, iter_documents_datasets, same_work,
-                         strip_gutenberg)
-from golf.core.utils import GolfError
+                              strip_gutenberg)
 
 DOCS = ["first doc\nwith two lines", "second \u2028 has a line separator", "café — ünïcode 😀", "4"]
 

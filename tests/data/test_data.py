@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import zstandard
 
+from golf.core.utils import GolfError
 from golf.data import prepare as prepare_mod
 from golf.data.folder import check_tokenizer_matches, load_split, read_manifest, shard_files, tokenizer_path
 from golf.data.prepare import doc_hash, prepare, val_hash_threshold
 from golf.data.shards import HEADER_BYTES, MAGIC, read_shard, write_shard
 from golf.data.tokenizer import ByteTokenizer, load_tokenizer
-from golf.core.utils import GolfError
 
 
 def test_shard_round_trip_and_header(tmp_path):

@@ -6,15 +6,14 @@ import os
 import numpy as np
 import pytest
 import zstandard
+from datakit import token_folder
 
+from golf.core.utils import GolfError
 from golf.data.folder import load_split, read_manifest, shard_files, split_layout
+from golf.data.loader import TokenLoader
 from golf.data.prepare import prepare, write_data_folder
 from golf.data.shards import write_shard
-from golf.data.loader import TokenLoader
 from golf.data.tokenizer import ByteTokenizer
-from golf.core.utils import GolfError
-
-from datakit import token_folder
 
 
 def _jsonl(path, docs):

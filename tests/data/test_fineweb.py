@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from golf.core.utils import GolfError
 from golf.data import fineweb
 from golf.data.folder import load_split, read_manifest, shard_files, tokenizer_path
 from golf.data.shards import write_shard
 from golf.data.tokenizer import ByteTokenizer, load_tokenizer
-from golf.core.utils import GolfError
 
 
 def make_fake_hub(root: Path, n_train=3, n_val=1) -> Path:

@@ -2,13 +2,12 @@
 import numpy as np
 import pytest
 import torch
-
-from golf.data.shards import write_shard
-from golf.data.loader import TokenLoader
-from golf.data.tokenizer import ByteTokenizer
-from golf.core.utils import GolfError
-
 from datakit import token_folder
+
+from golf.core.utils import GolfError
+from golf.data.loader import TokenLoader
+from golf.data.shards import write_shard
+from golf.data.tokenizer import ByteTokenizer
 
 
 def shards(sizes=(1000, 37, 2500)):

@@ -4,8 +4,9 @@ import random
 import numpy as np
 import pytest
 
-from golf.data.tokenizer import ByteTokenizer, load_tokenizer, save_tokenizer, train_sentencepiece
 from golf.core.utils import GolfError
+from golf.data.corpus import iter_jsonl_fast
+from golf.data.tokenizer import ByteTokenizer, load_tokenizer, save_tokenizer, train_sentencepiece
 
 
 def test_byte_tokenizer_round_trip_and_ids(tmp_path):
@@ -42,7 +43,6 @@ def test_sentencepiece_has_challenge_settings(sp_tokenizer, tmp_path):
 
 
 def test_fast_encoder_matches_reference(sp_tokenizer, wiki_docs, shared_data):
-    from golf.data.corpus import iter_jsonl_fast
     import itertools
 
     fineweb = list(itertools.islice(iter_jsonl_fast(shared_data / "fineweb_val.jsonl.zst"), 200))

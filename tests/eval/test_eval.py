@@ -10,11 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from golf.core.config import load_config
+from golf.core.utils import GolfError, compile_stats
 from golf.data.bpb import build_luts, token_bytes
-from golf.eval.score import (evaluate_bpb, evaluate_bpb_reference, evaluate_contexts, evaluate_val_loss,
-                       parse_contexts, window_plan)
+from golf.data.folder import load_data_tokenizer, load_split
 from golf.data.tokenizer import ByteTokenizer
-from golf.core.utils import GolfError
+from golf.eval.score import (evaluate_bpb, evaluate_bpb_reference, evaluate_contexts, evaluate_val_loss, parse_contexts,
+                             window_plan)
+from golf.model import gpt as model_mod
+from golf.model.gpt import GPT
 
 torch.set_num_threads(1)
 
@@ -194,10 +198,8 @@ def test_contexts_and_val_loss_views(luts):
     assert v["tokens"] == 99 and v["stride"] == 32
 
 
-def test_real_gpt_if_present(luts):
+def test_real_gpt(luts):
     """The same agreement on the project's GPT (memory tokens, BigramHash, SmearGate on)."""
-    model_mod = pytest.importorskip("golf.model.gpt")
-    from golf.core.config import load_config
 
     h = load_config(["--num-layers", "2", "--model-dim", "32", "--num-heads", "2", "--num-kv-heads", "1",
                      "--vocab-size", "260", "--train-seq-len", "32", "--eval-stride", "8"], env={})
@@ -216,9 +218,6 @@ def test_compiled_eval_is_one_static_graph(luts):
     inductor, no C++ build): the padded last batch keeps the shape static and the scored width is
     seq_len (the first batch) or stride (all others), so a whole eval compiles exactly two graphs
     with no breaks, and its result equals the reference."""
-    from golf.core.config import load_config
-    from golf.model.gpt import GPT
-    from golf.core.utils import compile_stats
 
     h = load_config(["--num-layers", "2", "--model-dim", "32", "--num-heads", "2", "--num-kv-heads", "1",
                      "--vocab-size", "260", "--train-seq-len", "32", "--eval-stride", "8"], env={})
@@ -254,8 +253,6 @@ def test_eval_bytes_equal_decoded_utf8_bytes_on_real_sp_shards(sp_data_dir):
     """On real SentencePiece shards, the bytes the evaluator divides by are exactly the UTF-8 bytes
     of the decoded documents it scored (BOS targets count 0; a token after BOS never counts its
     leading space): the BPB denominator is right, not only consistent with the reference."""
-    from golf.data.folder import load_data_tokenizer, load_split
-
     tok = load_data_tokenizer(sp_data_dir)
     val = load_split(sp_data_dir, "val")
     bos = np.flatnonzero(val == tok.bos_id)

@@ -10,13 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from golf.data.bpb import build_luts
-from golf.eval.score import evaluate_bpb
-from golf.data.tokenizer import ByteTokenizer
-
 from datakit import token_folder
 from distkit import free_port, start_ranks, wait_ranks
+
+from golf.compress.artifact import load_artifact, save_artifact
+from golf.core.config import load_config
+from golf.data.bpb import build_luts
+from golf.data.tokenizer import ByteTokenizer
+from golf.eval.score import evaluate_bpb
+from golf.model.gpt import GPT
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,12 +54,6 @@ WORKER = textwrap.dedent('''
 
 
 def test_two_gloo_ranks_equal_one_process(tmp_path):
-    pytest.importorskip("golf.compress.artifact")
-    from golf.compress.artifact import load_artifact, save_artifact
-    from golf.core.config import load_config
-    from golf.data.shards import write_shard
-    from golf.model.gpt import GPT
-    from golf.core.utils import atomic_write_json
 
     tok = ByteTokenizer()
     h = load_config(["--num-layers", "1", "--model-dim", "32", "--num-heads", "2", "--num-kv-heads", "1",

@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from datakit import token_folder
 
 import eval_bpb
-from golf.data.bpb import build_luts
+from golf.compress.artifact import load_artifact, save_artifact
 from golf.core.config import load_config
+from golf.data.bpb import build_luts
 from golf.data.folder import shard_files
-from golf.eval.score import evaluate_bpb
-from golf.eval.report import build_report, plot_bpb_vs_position, summary
 from golf.data.tokenizer import ByteTokenizer
-
-from datakit import token_folder
-from golf.core.utils import atomic_write_json
+from golf.eval.report import build_report, plot_bpb_vs_position, summary
+from golf.eval.score import evaluate_bpb
+from golf.model.gpt import GPT
 
 torch.set_num_threads(1)
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -36,9 +36,6 @@ def _data_folder(root: Path, n_docs: int = 12, sha: str | None = None, vocab: in
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    pytest.importorskip("golf.compress.artifact")
-    from golf.compress.artifact import save_artifact
-    from golf.model.gpt import GPT
 
     root = tmp_path_factory.mktemp("ev")
     data = _data_folder(root)
@@ -53,8 +50,6 @@ def setup(tmp_path_factory):
 
 
 def test_cli_end_to_end_report_and_plot(setup):
-    from golf.compress.artifact import load_artifact
-
     root, data, art = setup
     out, plot = root / "eval.json", root / "pos.png"
     eval_bpb.main(["--artifact", str(art), "--data-path", str(data), "--contexts", "32,64",

@@ -2,13 +2,15 @@
 recompute; top-k / top-p filtering; fallback for unsupported mixers; the CLI round-trips an artifact."""
 import pytest
 import torch
+from modelkit import randomize, small_cfg
 from torch import nn
 
+from golf.compress import artifact
 from golf.core.config import Hyperparameters
-from golf.eval.generate import IncrementalDecoder, filter_logits, incremental_supported, pick, sample
+from golf.core.utils import GolfError
+from golf.data.tokenizer import ByteTokenizer
+from golf.eval.generate import IncrementalDecoder, filter_logits, incremental_supported, main, pick, sample
 from golf.model.gpt import GPT
-
-from modelkit import randomize, small_cfg
 
 
 def tiny_model(mixers, vocab=64, layers=2, seed=0, **over):
@@ -84,8 +86,6 @@ def test_unsupported_mixer_falls_back_to_full_recompute():
     assert not incremental_supported(model)
     out = sample(model, [1, 4, 4], 5, temperature=0, stop_at_bos=False)  # incremental=None: falls back
     assert out.shape == (1, 5)
-    from golf.core.utils import GolfError
-
     with pytest.raises(GolfError, match="recurrent"):
         sample(model, [1, 4], 3, incremental=True)
 
@@ -127,9 +127,6 @@ def test_sampled_tokens_respect_filters():
 
 
 def test_cli_generates_from_artifact(tmp_path, capsys):
-    artifact = pytest.importorskip("golf.compress.artifact")
-    from golf.eval.generate import main
-    from golf.data.tokenizer import ByteTokenizer
 
     h = Hyperparameters(vocab_size=260, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2,
                         mixers="stream,deltanet", num_memory_tokens=0, bigram_vocab_size=0, mtp_num_heads=0)
@@ -154,8 +151,6 @@ def test_self_check_falls_back_when_steps_disagree(monkeypatch, capsys):
     full = sample(model, [1, 3, 5, 7], 6, temperature=0, incremental=False, stop_at_bos=False)
     assert sample(model, [1, 3, 5, 7], 6, temperature=0, stop_at_bos=False).tolist() == full.tolist()
     assert "disagrees" in capsys.readouterr().err
-    from golf.core.utils import GolfError
-
     with pytest.raises(GolfError, match="disagrees"):
         sample(model, [1, 3, 5, 7], 6, temperature=0, incremental=True)
 

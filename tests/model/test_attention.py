@@ -2,14 +2,14 @@
 chunks, full and sliding-window, with memory-token prefixes and GQA."""
 import pytest
 import torch
+from modelkit import randomize, small_cfg
 
+from golf.core.config import load_config
+from golf.core.utils import GolfError
 from golf.model import attention
 from golf.model.layers import Rotary
-from golf.model.mixer import MixerContext
 from golf.model.mechanisms import build_mixer
-from golf.core.utils import GolfError
-
-from modelkit import randomize, small_cfg
+from golf.model.mixer import MixerContext
 
 ROPE = Rotary(4)
 
@@ -119,8 +119,6 @@ def test_swa_layer_uses_flex_only_when_asked_on_cpu(monkeypatch):
 
 
 def test_flex_setting_rejects_bad_values():
-    from golf.core.config import load_config
-
     with pytest.raises(GolfError, match="FLEX_ATTENTION"):
         _mixer("swa", attn_window=4, flex_attention="maybe")
     with pytest.raises(GolfError, match="FLEX_ATTENTION='maybe'"):

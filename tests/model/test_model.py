@@ -2,14 +2,15 @@ import math
 
 import pytest
 import torch
+from modelkit import randomize, small_cfg
 
+from golf.compress.quant import quant_plan
 from golf.core.config import Hyperparameters, load_config
+from golf.core.utils import GolfError, compile_stats
+from golf.model.gpt import GPT, count_params, layer_mixers
 from golf.model.layers import CastedLinear
 from golf.model.mixer import OPTIM_GROUPS, QUANT_GROUPS, optim_group_of, quant_group_of
-from golf.model.gpt import GPT, count_params, layer_mixers
-from golf.core.utils import GolfError
-
-from modelkit import randomize, small_cfg
+from golf.model.quantgrid import quantize_dequantize
 
 
 def test_fresh_model_is_near_uniform():
@@ -120,8 +121,6 @@ def test_set_qat_bits_plan_and_scalar():
 
 
 def test_qat_uses_the_exporters_clip_ratios():
-    from golf.compress.quant import quantize_dequantize
-
     torch.manual_seed(0)
     m = randomize(GPT(small_cfg()), std=0.3)
     fc = m.blocks[0].mlp.fc
@@ -135,12 +134,11 @@ def test_qat_uses_the_exporters_clip_ratios():
 
 
 def test_qat_with_real_quant_plan_trains():
-    quant = pytest.importorskip("golf.compress.quant")
     torch.manual_seed(0)
     h = Hyperparameters()
     cfg = small_cfg()
     m = randomize(GPT(cfg))
-    plan = quant.quant_plan(m, h)
+    plan = quant_plan(m, h)
     m.set_qat_bits(plan)
     idx = torch.randint(0, 64, (2, 16))
     loss = m(idx, idx)
@@ -223,8 +221,6 @@ def test_compiles_as_one_graph_and_qat_switch_reuses_it(extra):
     pieces, and a recompile inside the timed loop eats budget. dynamo's eager backend traces exactly
     what inductor would see, so this catches both on CPU in seconds: fullgraph=True fails on any
     break, and QAT on/off (compiled both during warm-up) must be two graphs, then no more."""
-    from golf.core.utils import compile_stats
-
     torch._dynamo.reset()
     cfg = small_cfg(num_memory_tokens=4, bigram_vocab_size=128, bigram_dim=16, smear_gate=True, mtp_num_heads=2,
                     **extra)

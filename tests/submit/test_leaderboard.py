@@ -1,8 +1,9 @@
 """golf.submit.leaderboard: validation, sorting per track, invalid records listed with why, ablations."""
 import json
 
-from golf.submit import leaderboard as L
 from submit.test_records import make_record
+
+from golf.submit import leaderboard as L
 
 
 def test_leaderboard_sorts_per_track_and_lists_invalid(tmp_path):

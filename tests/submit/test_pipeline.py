@@ -14,13 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from datakit import token_folder
-from golf.submit import pipeline as P
-from golf.submit import records as R
+
+from golf.core.config import load_config
+from golf.core.utils import GolfError, today
 from golf.data.folder import split_tokens
 from golf.data.tokenizer import ByteTokenizer
-from golf.core.utils import GolfError, today
+from golf.submit import leaderboard as L
+from golf.submit import pipeline as P
+from golf.submit import records as R
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -123,7 +125,6 @@ def test_submit_writes_a_complete_valid_record(ws):
 
 
 def test_leaderboard_invalidates_records_whose_runs_read_val_in_training(ws):
-    from golf.submit import leaderboard as L
     ok = submit(FakeStages(), name="honest", seeds="1")
     leaky = FakeStages()
     leaky.extra_train_tokens = split_tokens(P.DEFAULT_DATA_PATH, "val")
@@ -358,8 +359,6 @@ def test_run_command_passes_env_logs_and_reports_failure(tmp_path):
 
 
 def test_config_env_round_trips_through_load_config():
-    from golf.core.config import load_config
-
     h = P.resolve_config("tiny", {"num_layers": 3, "smear_gate": False, "mixers": ""}, 5, "r1")
     env = P.config_env(h, base={})
     h2 = load_config(argv=[], env=env)

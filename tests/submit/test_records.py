@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from golf.submit import records as R
 from golf.core.config import load_config
 from golf.core.utils import GolfError
+from golf.submit import records as R
 
 
 def make_record(folder, seed_list=(1, 2), bpbs=(1.50, 1.52), losses=(2.5, 2.52), bytes_total=1_000_000, **over):

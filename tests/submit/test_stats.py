@@ -9,6 +9,7 @@ import math
 import pytest
 
 from golf.submit import stats
+
 A = [1.0, 1.1, 1.2]
 B = [0.9, 1.05, 1.1]  # differences A - B = 0.10, 0.05, 0.10: mean 1/12, sd 0.028868, se 1/60 -> t = 5
 

@@ -3,15 +3,10 @@ import torch
 from torch import nn
 
 from golf.core.config import load_config
+from golf.model.gpt import GPT
 from golf.model.mixer import tag
-from golf.train.optim import (
-    Muon,
-    apply_schedule,
-    build_optimizers,
-    param_groups,
-    shard_plan,
-    zeropower_via_newtonschulz5,
-)
+from golf.train.optim import (Muon, apply_schedule, build_optimizers, param_groups, shard_plan,
+                              zeropower_via_newtonschulz5)
 
 
 def test_newton_schulz_is_near_orthogonal():
@@ -105,8 +100,6 @@ def test_groups_and_weight_decay():
 
 
 def test_real_model_memory_tokens_in_memory_group():
-    from golf.model.gpt import GPT
-
     h = load_config(["--num-layers", "2", "--model-dim", "32", "--num-heads", "2", "--num-kv-heads", "1",
                      "--rope-dims", "8", "--num-memory-tokens", "4", "--vocab-size", "64", "--bigram-vocab-size", "0",
                      "--train-seq-len", "32", "--eval-stride", "32"], env={})

@@ -8,11 +8,10 @@ import textwrap
 from pathlib import Path
 
 import torch
+from distkit import free_port, start_ranks, wait_ranks
 from torch import nn
 
 from golf.train.optim import Muon
-
-from distkit import free_port, start_ranks, wait_ranks
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from golf.train import schedule
 from golf.core.config import load_config
+from golf.train import schedule
 
 
 def preset(**over):

@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import golf.train.trainer as T
 from golf.core.config import load_config
+from golf.core.utils import GolfError, RunLog
 from golf.data.folder import read_manifest
-from golf.core.utils import GolfError
+from golf.model.gpt import GPT
+from golf.train.trainer import batch_layout, preflight, setup_distributed, train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,8 +33,6 @@ def args(data_dir, out_dir, run_id, **over):
 
 
 def run_inprocess(argv):
-    from golf.train.trainer import train
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # same as the subprocesses: bitwise-identical float reductions
     try:
@@ -105,8 +106,6 @@ def test_resume_after_sigterm_is_identical(byte_data_dir, tmp_path):
 
 
 def test_nan_loss_stops_with_step_and_checkpoint(byte_data_dir, tmp_path, monkeypatch):
-    import golf.train.trainer as T
-
     real = T.build_model
 
     def poisoned(h, device):
@@ -144,9 +143,6 @@ def test_preflight_refuses_oversize(byte_data_dir, tmp_path):
 
 
 def test_preflight_allow_oversize_goes_on():
-    from golf.model.gpt import GPT
-    from golf.train.trainer import preflight
-    from golf.core.utils import RunLog
 
     h = load_config(args("x", "x", "x", num_layers=2, model_dim=768, num_heads=4, num_kv_heads=2, mlp_mult=4,
                          quant_mlp_bits=16, quant_attn_bits=16, allow_oversize=True), env={})
@@ -157,21 +153,16 @@ def test_preflight_allow_oversize_goes_on():
 @pytest.mark.parametrize("total,warned", [(15_400_000, False), (15_600_000, True), (16_000_000, True)])
 def test_preflight_warns_near_the_cap(tmp_path, monkeypatch, total, warned):
     """Within PREFLIGHT_MARGIN of the cap the estimate's own error could tip the artifact over."""
-    import golf.compress.quant
-    from golf.train.trainer import preflight
-    from golf.core.utils import RunLog
 
     fake = {"groups": {"mlp": {"params": 1, "bits": 5, "bytes": total - 100}}, "header": 50, "code": 50,
             "params": 1, "bits_per_param": 5.0, "total": total, "cap": 16_000_000}
-    monkeypatch.setattr(golf.compress.quant, "estimate_artifact_bytes", lambda model, h: fake)
+    monkeypatch.setattr(T, "estimate_artifact_bytes", lambda model, h: fake)
     h = load_config(["--preset", "tiny"], env={})
     preflight(None, h, RunLog(tmp_path / "log", echo=False))
     assert ("within 3% of the cap" in (tmp_path / "log").read_text()) == warned
 
 
 def test_flex_attention_on_is_refused_on_cpu_before_any_work():
-    from golf.train.trainer import setup_distributed
-
     h = load_config(["--preset", "tiny", "--device", "cpu", "--mixers", "swa,attn", "--flex-attention", "on"], env={})
     with pytest.raises(GolfError, match="FLEX_ATTENTION=on trains only on CUDA"):
         setup_distributed(h)
@@ -180,8 +171,6 @@ def test_flex_attention_on_is_refused_on_cpu_before_any_work():
 
 
 def test_batch_layout():
-    from golf.train.trainer import batch_layout
-
     h = load_config(["--preset", "record"], env={})
     assert batch_layout(h, 8, "cuda") == (32, 1)  # the record: 524288 / 8 GPUs = 32 x 2048
     assert batch_layout(h, 1, "cuda") == (32, 8)  # one GPU: 8 accumulation steps, as the public script

@@ -3,7 +3,6 @@ import json
 import subprocess
 import sys
 
-
 from train.test_train import REPO, args, history, run_inprocess, sub_env
 
 

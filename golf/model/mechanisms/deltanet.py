@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from golf.core.utils import GolfError
 from golf.model.layers import CastedLinear, rms_norm
 from golf.model.mixer import MixerContext, SequenceMixer, tag
 
@@ -134,8 +135,6 @@ class GatedDeltaNet(SequenceMixer):
         D = int(cfg["model_dim"])
         H = int(cfg.get("deltanet_heads", 0) or cfg["num_heads"])
         if D % H:
-            from golf.core.utils import GolfError
-
             raise GolfError(f"deltanet: MODEL_DIM={D} is not divisible by DELTANET_HEADS={H}; pick a divisor")
         self.dim, self.num_heads, self.head_dim = D, H, D // H
         self.chunk = int(cfg.get("deltanet_chunk", 64) or 64)

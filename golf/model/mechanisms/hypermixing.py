@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from golf.core.utils import GolfError
 from golf.model.layers import CastedLinear, rms_norm
 from golf.model.mixer import MixerContext, SequenceMixer, tag
 
@@ -35,8 +36,6 @@ class HyperMixing(SequenceMixer):
 
     def __init__(self, cfg: dict[str, Any], layer_idx: int):
         super().__init__(cfg, layer_idx)
-        from golf.core.utils import GolfError
-
         D, H = int(cfg["model_dim"]), int(cfg["num_heads"])
         hidden = int(cfg.get("hypermix_hidden", 0) or D // 2)
         if D % H or hidden % H:

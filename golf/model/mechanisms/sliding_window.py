@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from golf.model.attention import CausalSelfAttention
 from golf.core.utils import GolfError
+from golf.model.attention import CausalSelfAttention
 
 
 class SlidingWindowAttention(CausalSelfAttention):

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from golf.core.utils import GolfError
 from golf.model.layers import CastedLinear, rms_norm
 from golf.model.mixer import MixerContext, SequenceMixer, tag
 
@@ -107,8 +108,6 @@ class StreamMixer(SequenceMixer):
         D, H = int(cfg["model_dim"]), int(cfg["num_heads"])
         M = int(cfg.get("stream_num_streams", 4) or 4)
         if D % H:
-            from golf.core.utils import GolfError
-
             raise GolfError(f"stream mixer: MODEL_DIM={D} is not divisible by NUM_HEADS={H}")
         self.dim, self.num_heads, self.head_dim, self.num_streams = D, H, D // H, M
         self.chunk = int(cfg.get("stream_chunk", 64) or 64)

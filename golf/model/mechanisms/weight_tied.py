@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from golf.model.mixer import ModelMechanism, tag
 from golf.core.utils import GolfError
+from golf.model.mixer import ModelMechanism, tag
 
 
 class WeightTiedDepth(ModelMechanism):

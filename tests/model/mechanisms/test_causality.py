@@ -2,13 +2,13 @@
 changing inputs at positions > t must leave outputs at positions <= t unchanged."""
 import pytest
 import torch
+from modelkit import randomize
+from modelkit import small_cfg as _small_cfg
 
-from golf.model.layers import BOS_ID, Rotary
-from golf.model.mixer import MixerContext
-from golf.model.mechanisms import MIXERS, build_mixer
 from golf.model.gpt import GPT
-
-from modelkit import randomize, small_cfg as _small_cfg
+from golf.model.layers import BOS_ID, Rotary
+from golf.model.mechanisms import MECHANISMS, MIXERS, build_mixer
+from golf.model.mixer import MixerContext
 
 T, D, P = 24, 32, 3
 
@@ -22,8 +22,6 @@ def _mixer_names():
 
 
 def test_registry_holds_every_mixer_and_mechanism():
-    from golf.model.mechanisms import MECHANISMS
-
     assert sorted(MIXERS) == ["attn", "deltanet", "hypermix", "stream", "swa"]
     assert sorted(MECHANISMS) == ["memory_tokens", "persistent_memory", "weight_tied"]
     for name, cls in {**MIXERS, **MECHANISMS}.items():

@@ -3,11 +3,11 @@ several chunk sizes, T not a multiple of the chunk), the core against the paper'
 import pytest
 import torch
 import torch.nn.functional as F
-
-from golf.model.mixer import MixerContext, optim_group_of, quant_group_of
-from golf.model.mechanisms.deltanet import GatedDeltaNet, chunk_gated_delta
-
 from modelkit import grads_of, live_mixer
+
+from golf.core.utils import GolfError
+from golf.model.mechanisms.deltanet import GatedDeltaNet, chunk_gated_delta
+from golf.model.mixer import MixerContext, optim_group_of, quant_group_of
 
 CFG = dict(model_dim=32, num_heads=4, deltanet_heads=2, deltanet_chunk=16)
 
@@ -72,7 +72,5 @@ def test_parameter_tags_and_count():
 
 
 def test_bad_heads_is_a_clear_error():
-    from golf.core.utils import GolfError
-
     with pytest.raises(GolfError, match="DELTANET_HEADS"):
         GatedDeltaNet({**CFG, "deltanet_heads": 5}, 0)

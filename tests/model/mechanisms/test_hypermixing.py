@@ -2,12 +2,14 @@
 gradients), parameter tags, and a byte-level (vocab 260) model built on it."""
 import pytest
 import torch
+from modelkit import live_mixer
 from torch import nn
 
-from golf.model.mixer import MixerContext, optim_group_of, quant_group_of
+from golf.core.config import Hyperparameters
+from golf.core.utils import GolfError
+from golf.model.gpt import GPT
 from golf.model.mechanisms.hypermixing import HyperMixing
-
-from modelkit import live_mixer
+from golf.model.mixer import MixerContext, optim_group_of, quant_group_of
 
 CFG = dict(model_dim=32, num_heads=4, hypermix_hidden=0)
 
@@ -51,8 +53,6 @@ def test_parameter_tags_and_count():
 
 
 def test_bad_hidden_is_a_clear_error():
-    from golf.core.utils import GolfError
-
     with pytest.raises(GolfError, match="HYPERMIX_HIDDEN"):
         HyperMixing({**CFG, "hypermix_hidden": 10}, 0)
 
@@ -60,8 +60,6 @@ def test_bad_hidden_is_a_clear_error():
 def test_byte_level_model_trains_a_step():
     """A byte-level model (vocab 260) whose every layer is HyperMixing: finite loss, gradients reach
     the mixer, and the model stays causal end to end."""
-    from golf.core.config import Hyperparameters
-    from golf.model.gpt import GPT
 
     h = Hyperparameters(vocab_size=260, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2,
                         mixers="hypermix,hypermix", num_memory_tokens=0, bigram_vocab_size=0)

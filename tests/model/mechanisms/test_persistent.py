@@ -1,10 +1,10 @@
 import torch
+from modelkit import randomize as _randomize
+from modelkit import small_cfg as _small_cfg
 
 from golf.model.attention import attend_slots
-from golf.model.mixer import optim_group_of, quant_group_of
 from golf.model.gpt import GPT, count_params
-
-from modelkit import randomize as _randomize, small_cfg as _small_cfg
+from golf.model.mixer import optim_group_of, quant_group_of
 
 
 def small_cfg(**kw):

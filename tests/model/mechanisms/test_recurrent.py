@@ -4,11 +4,10 @@ with `forward_with_state` and then stepping continues the sequence exactly, and 
 close to fp32. (Mechanism-specific checks live in test_<mixer>.py.)"""
 import pytest
 import torch
-
-from golf.model.mixer import MixerContext
-from golf.model.mechanisms import MIXERS, build_mixer
-
 from modelkit import live_mixer
+
+from golf.model.mechanisms import MIXERS, build_mixer
+from golf.model.mixer import MixerContext
 
 CASES = {
     "stream": dict(model_dim=32, num_heads=4, stream_num_streams=4, stream_chunk=16, qk_gain_init=1.5),

@@ -1,13 +1,12 @@
 import math
 
 import torch
-
-from golf.model.layers import Rotary, apply_rotary, rms_norm
-from golf.model.mixer import MixerContext
-from golf.model.mechanisms import build_mixer
-from golf.model.gpt import GPT, layer_mixers
-
 from modelkit import small_cfg
+
+from golf.model.gpt import GPT, layer_mixers
+from golf.model.layers import Rotary, apply_rotary, rms_norm
+from golf.model.mechanisms import build_mixer
+from golf.model.mixer import MixerContext
 
 D = 32
 

@@ -2,11 +2,10 @@
 decays over long sequences, parameter tags."""
 import pytest
 import torch
-
-from golf.model.mixer import MixerContext, optim_group_of, quant_group_of
-from golf.model.mechanisms.stream import StreamMixer, stream_scan
-
 from modelkit import grads_of, live_mixer
+
+from golf.model.mechanisms.stream import StreamMixer, stream_scan
+from golf.model.mixer import MixerContext, optim_group_of, quant_group_of
 
 CFG = dict(model_dim=32, num_heads=4, stream_num_streams=4, stream_chunk=16, qk_gain_init=1.5)
 

@@ -1,10 +1,9 @@
 import pytest
 import torch
-
-from golf.model.gpt import GPT, count_params
-from golf.core.utils import GolfError
-
 from modelkit import small_cfg as _small_cfg
+
+from golf.core.utils import GolfError
+from golf.model.gpt import GPT, count_params
 
 
 def small_cfg(**kw):
