@@ -12,7 +12,6 @@ EVAL_CONTEXTS). The training checkpoint is never read: what is scored is what is
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -43,28 +42,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def audit(args: argparse.Namespace) -> int:
-    import itertools
-
-    from golf.data.bpb import audit_bytes
-    from golf.data.corpus import iter_documents
-    from golf.data.tokenizer import load_tokenizer
+    from golf.data.audit import audit_file
 
     if not args.tokenizer or not args.text:
         raise GolfError("--audit-bytes needs --tokenizer PATH and --text FILE")
-    tok = load_tokenizer(args.tokenizer)
     if not os.path.exists(args.text):
         raise GolfError(f"--text {args.text}: no such file; give a .jsonl[.zst|.gz] or .txt file of documents")
-    docs = iter_documents(args.text, text_field=args.text_field)
-    res = audit_bytes(tok, itertools.islice(docs, args.max_docs) if args.max_docs > 0 else docs)
+    res = audit_file(args.tokenizer, args.text, max_docs=args.max_docs, text_field=args.text_field)  # raises on a mismatch
     print(f"docs:{res['docs']} tokens:{res['tokens']} lut_bytes:{res['lut_bytes']} "
           f"decoded_bytes:{res['decoded_bytes']} text_bytes:{res['text_bytes']} "
           f"tokenizer:{res['tokenizer_kind']} ok:{res['ok']}")
-    for m in res["mismatches"]:
-        print("mismatch:" + json.dumps(m, ensure_ascii=False))
-    if not res["ok"]:
-        print(f"error: LUT byte count {res['lut_bytes']} != decoded UTF-8 bytes {res['decoded_bytes']}; "
-              f"BPB from these LUTs would be wrong (golf/data/bpb.py, {args.tokenizer})", file=sys.stderr)
-    return 0 if res["ok"] else 1
+    return 0
 
 
 def init_distributed(device: str) -> tuple[int, int, bool]:
@@ -94,11 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     if not args.data_path:
         raise GolfError("--data-path DIR is required (or set DATA_PATH), e.g. data/datasets/shakespeare_sp1024")
     from golf.eval.report import plot_bpb_vs_position, summary, write_report
-    from golf.eval.score import evaluate_artifact
+    from golf.eval.score import score
 
     rank, world, owned = init_distributed(args.device)
     try:
-        rep = evaluate_artifact(
+        rep = score(
             args.artifact, args.data_path, seq_len=args.seq_len, stride=args.stride,
             batch_windows=args.batch_windows, contexts=args.contexts, context_stride=args.context_stride,
             max_tokens=args.max_tokens, device=args.device,

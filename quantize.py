@@ -15,7 +15,7 @@ from golf.core.utils import main_guard
 
 @main_guard
 def main() -> None:
-    from golf.compress.artifact import check_size, format_size, quantize_checkpoint
+    from golf.compress.export import check_size, format_size, quantize_checkpoint
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = ap.add_mutually_exclusive_group(required=True)

@@ -33,7 +33,8 @@ from typing import Any
 
 import torch
 
-from golf.compress.artifact import load_artifact, load_checkpoint, model_from_checkpoint, read_artifact, save_artifact
+from golf.compress.artifact import load_artifact, read_artifact, save_artifact
+from golf.compress.export import load_checkpoint, model_from_checkpoint
 from golf.core.config import apply_overrides, load_config
 from golf.core.utils import atomic_write_json, device_description, git_commit, main_guard
 from golf.data.bpb import build_luts

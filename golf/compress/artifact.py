@@ -42,10 +42,8 @@ import torch
 from torch import nn
 
 from golf.compress import pack as packing_mod
-from golf.compress.codesize import code_bytes
 from golf.compress.quant import bits_for_tensor, clip_ratios
-from golf.core.config import BYTES_CAP, from_dict
-from golf.core.utils import GolfError, atomic_path, atomic_write_json, git_commit, sha256_bytes
+from golf.core.utils import GolfError, atomic_path, git_commit, sha256_bytes
 from golf.model.gpt import GPT
 from golf.model.mixer import quant_group_of
 from golf.model.quantgrid import FP16, dequantize_rows, quantize_rows
@@ -328,91 +326,3 @@ def load_artifact(
     meta = {k: v for k, v in header.items() if k not in ("tensors",)}
     meta.update(tensors=header["tensors"], bytes=Path(path).stat().st_size, path=str(path))
     return model, meta
-
-
-# ---------------------------------------------------------------------------------------------
-# quantize.py: checkpoint -> artifact, and the byte-budget check
-
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise GolfError(f"{path}: checkpoint not found; train first (python train_gpt.py writes runs/<id>/final.pt)")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged/foreign file
-        raise GolfError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e}); re-run training") from None
-    missing = [k for k in ("config", "model_config", "state_dict") if k not in ck]
-    if missing:
-        raise GolfError(f"{path}: not a golf final.pt (missing {missing}); pass runs/<id>/final.pt written by train_gpt.py")
-    return ck
-
-
-def model_from_checkpoint(ck: dict[str, Any], path: str | Path = "checkpoint") -> tuple[nn.Module, Any]:
-    """(GPT with the checkpoint's export weights, Hyperparameters)."""
-    h = from_dict(ck["config"], source=str(path))
-    model = _build_gpt(ck["model_config"])
-    sd = {k: v for k, v in ck["state_dict"].items() if not k.startswith("mtp_heads.")}
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise GolfError(f"{path}: weights do not match this code's model ({str(e)[:300]}); "
-                        f"quantise at the commit that trained it") from None
-    return model, h
-
-
-def quantize_checkpoint(
-    checkpoint: str | Path, out: str | Path | None = None, packing: str = "int8", code: str | Path | None = None
-) -> dict[str, Any]:
-    """final.pt -> model.ptz (+ size.json beside it). Returns the size report (bytes_total etc.)."""
-    checkpoint = Path(checkpoint)
-    ck = load_checkpoint(checkpoint)
-    model, h = model_from_checkpoint(ck, checkpoint)
-    out = Path(out) if out else checkpoint.with_name("model.ptz")
-    rep = save_artifact(out, model, h, str(ck.get("tokenizer_sha256", "")), packing=packing)
-    t0 = time.perf_counter()
-    _, raw = read_artifact(out)  # round-trip check + decompression time
-    rep["seconds"]["decompress"] = round(time.perf_counter() - t0, 3)
-    size = _budget(rep, code)
-    size.update(checkpoint=str(checkpoint))
-    atomic_write_json(out.with_name("size.json"), size)
-    return size
-
-
-def _budget(rep: dict[str, Any], code: str | Path | None) -> dict[str, Any]:
-    nbytes, source = code_bytes(code)
-    total = rep["bytes"] + nbytes
-    return {
-        "bytes_total": total, "bytes_model": rep["bytes"], "bytes_code": nbytes, "code_source": source,
-        "cap": BYTES_CAP, "fits": total <= BYTES_CAP, "headroom": BYTES_CAP - total, "artifact": rep["path"],
-        "params": rep["params"], "bits_per_param": rep["bits_per_param"],
-        "payload_bytes": rep["payload_bytes"], "header_bytes": rep["header_bytes"],
-        "groups": rep["groups"], "seconds": rep.get("seconds", {}),
-    }
-
-
-def check_size(artifact: str | Path, code: str | Path | None = None) -> dict[str, Any]:
-    """`quantize.py --check`: bytes_total = artifact + code, with the per-group breakdown."""
-    artifact = Path(artifact)
-    header, _ = read_artifact(artifact)
-    total = artifact.stat().st_size
-    hlen = _PREFIX.unpack_from(artifact.read_bytes(), 0)[2]
-    rep = size_report(header, total, total - hlen - _PREFIX.size - _PAYLEN.size, hlen)
-    rep["path"] = str(artifact)
-    return _budget(rep, code)
-
-
-def format_size(size: dict[str, Any]) -> str:
-    lines = [f"{'group':<10} {'params':>12} {'bits':>10} {'zstd bytes':>12} {'bits/param':>10}"]
-    for g, e in sorted(size["groups"].items(), key=lambda kv: -kv[1]["params"]):
-        bits = ",".join(sorted(e["bits"], key=int))
-        lines.append(f"{g:<10} {e['params']:>12,} {bits:>10} {e.get('compressed_bytes', 0):>12,} "
-                     f"{e.get('bits_per_param', 0):>10}")
-    lines.append(f"bytes_model: {size['bytes_model']:,} (header {size['header_bytes']:,}, payload "
-                 f"{size['payload_bytes']:,}; {size['params']:,} params, {size['bits_per_param']} bits/param)")
-    lines.append(f"bytes_code: {size['bytes_code']:,} ({size['code_source']})")
-    verdict = "OK" if size["fits"] else "OVER THE CAP"
-    lines.append(f"bytes_total: {size['bytes_total']:,} / cap {size['cap']:,} -> {verdict} "
-                 f"(headroom {size['headroom']:,})")
-    return "\n".join(lines)

@@ -17,10 +17,6 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from golf.core.utils import GolfError
-from golf.data.corpus import iter_documents
-from golf.data.tokenizer import load_tokenizer
-
 
 @dataclass
 class Luts:
@@ -107,22 +103,3 @@ def audit_bytes(tokenizer, texts: Iterable[str], max_mismatches: int = 5) -> dic
         "tokenizer_kind": tokenizer.kind,
         "tokenizer_sha256": tokenizer.sha256,
     }
-
-
-def audit_file(tokenizer_path, text, max_docs: int = 500, text_field: str = "text") -> dict:
-    """`eval_bpb.py --audit-bytes --tokenizer T --text FILE`: audit the first max_docs documents of a
-    corpus (any format golf.data.corpus reads; a .txt file is one document) and print both totals."""
-    import itertools
-
-
-    tok = load_tokenizer(tokenizer_path)
-    docs = list(itertools.islice(iter_documents(str(text), text_field), max_docs or None))
-    r = audit_bytes(tok, docs)
-    r.update(tokenizer=str(tokenizer_path), text=str(text))
-    print(f"audit {tokenizer_path} on {r['docs']} docs of {text}: LUT bytes {r['lut_bytes']:,} vs decoded "
-          f"UTF-8 bytes {r['decoded_bytes']:,} (original text {r['text_bytes']:,}): "
-          f"{'EXACT' if r['ok'] else 'MISMATCH'}", flush=True)
-    if not r["ok"]:
-        raise GolfError(f"BPB byte audit failed for {tokenizer_path}: {r['mismatches'][:3]}; the LUTs do not "
-                        f"count the bytes the tokens decode to")
-    return r

@@ -36,7 +36,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from golf.compress.artifact import load_artifact  # lazy: pulls in the quantiser and the model
+from golf.compress.artifact import load_artifact
 from golf.core.utils import GolfError, main_guard
 from golf.data.folder import tokenizer_path
 from golf.data.tokenizer import load_tokenizer

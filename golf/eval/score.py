@@ -25,7 +25,9 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from typing import Any, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -400,9 +402,27 @@ def _pick_device(device: str) -> torch.device:
     return d
 
 
-def evaluate_artifact(
-    artifact: str,
-    data_path: str,
+@dataclass
+class SlidingWindow:
+    """The default evaluation strategy: every token scored once, with up to seq_len - stride tokens
+    of context (the challenge's sliding-window eval, PR #50).
+
+    A strategy is any callable (model, tokens, luts, *, device, rank, world_size, compile, progress)
+    -> evaluate_bpb's result dict; test-time training plugs in here as another strategy (score a
+    chunk first, then adapt on it: the reviewers' conditions, challenge issue #1017)."""
+
+    seq_len: int
+    stride: int
+    batch_windows: int
+    name: str = "sliding_window"
+
+    def __call__(self, model: torch.nn.Module, tokens: Any, luts: Any, **kw: Any) -> dict[str, Any]:
+        return evaluate_bpb(model, tokens, luts, self.seq_len, self.stride, self.batch_windows, **kw)
+
+
+def score(
+    artifact: str | Path,
+    data_path: str | Path,
     seq_len: int = 0,
     stride: int = 0,
     batch_windows: int = 0,
@@ -414,16 +434,19 @@ def evaluate_artifact(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = False,
+    strategy: Callable[..., dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Load the artifact (never a training checkpoint), check it against the data folder, evaluate
-    the val split. 0 / None settings come from the artifact's config. Returns the JSON report."""
-
+    """The score stage: load the artifact (never a training checkpoint), check it against the data
+    folder, evaluate its val split with `strategy` (default: SlidingWindow with the artifact's
+    EVAL_SEQ_LEN / EVAL_STRIDE / EVAL_BATCH_WINDOWS, each overridable here). Returns the JSON report."""
+    artifact, data_path = str(artifact), str(data_path)
     dev = _pick_device(device)
     model, meta = load_artifact(artifact, device=dev)
     manifest = check_artifact_matches_data(artifact, meta, data_path)
     d = _eval_defaults(meta)
     seq_len, stride = seq_len or d["seq_len"], stride or d["stride"]
     batch_windows = batch_windows or d["batch_windows"]
+    strategy = strategy or SlidingWindow(seq_len, stride, batch_windows)
     ctx_list = parse_contexts(d["contexts"] if contexts is None else contexts)
     check_window_args(seq_len + 1, seq_len, stride)  # bad settings fail before the val split loads
     tok = load_data_tokenizer(data_path)
@@ -437,7 +460,7 @@ def evaluate_artifact(
             f"raise --max-tokens, or prepare more val data (`make data VAL=...`)")
     compile = (dev.type == "cuda") if compile is None else compile
     kw = dict(device=dev, rank=rank, world_size=world_size, compile=compile, progress=progress)
-    result = evaluate_bpb(model, val, luts, seq_len, stride, batch_windows, **kw)
+    result = strategy(model, val, luts, **kw)
     ctx_res = evaluate_contexts(model, val, luts, ctx_list, stride=context_stride,
                                 batch_tokens=batch_windows * seq_len, **kw) if ctx_list else {}
     return build_report(
@@ -445,5 +468,6 @@ def evaluate_artifact(
         artifact_commit=meta.get("commit"), data_path=str(data_path),
         tokenizer_sha256=manifest["tokenizer"].get("sha256"), max_tokens=max_tokens,
         world_size=world_size, compiled=bool(compile), eval_device=str(dev),
+        strategy=getattr(strategy, "name", type(strategy).__name__),
         contexts_skipped=[c for c in ctx_list if c not in ctx_res],  # longer than the val stream
     )

@@ -41,6 +41,7 @@ from golf.core.utils import (GolfError, atomic_dir, atomic_write_json, atomic_wr
 from golf.data.folder import split_layout
 from golf.submit import records as R
 from golf.submit import stats
+from golf.train.run import score_contexts
 
 CACHE_DIR = "cache"  # under OUT_DIR (runs/cache)
 DEFAULT_DATA_PATH = Hyperparameters.data_path
@@ -106,25 +107,18 @@ class Stages:
     def prepare_data(self, env: dict[str, str], log: Path) -> None:
         run_command([self.py, "-m", "golf.data.prepare"], env, log, self.echo)
 
-    def train(self, env: dict[str, str], run_dir: Path, log: Path) -> None:
+    def run(self, env: dict[str, str], run_dir: Path, log: Path) -> None:
+        """train -> export -> score in one process (train_gpt.py): final.pt, model.ptz, size.json, eval.json."""
         run_command(self._launcher(env) + [str(self.root / "train_gpt.py")], env, log, self.echo)
 
-    def quantize(self, env: dict[str, str], run_dir: Path, log: Path) -> None:
-        argv = [self.py, str(self.root / "quantize.py"), "--checkpoint", str(run_dir / "final.pt"),
-                "--out", str(run_dir / "model.ptz")]
-        run_command(argv, env, log, self.echo)
-
     def evaluate(self, env: dict[str, str], h: Hyperparameters, artifact: Path, out_json: Path, log: Path) -> None:
+        """The score stage alone on a given artifact (`make verify ARTIFACT=...`)."""
         argv = self._launcher(env) + [
             str(self.root / "eval_bpb.py"), "--artifact", str(artifact), "--data-path", h.data_path,
             "--seq-len", str(h.eval_seq_len), "--stride", str(h.eval_stride),
             "--batch-windows", str(h.eval_batch_windows), "--out", str(out_json),
-            "--plot", str(out_json.with_name(out_json.stem.replace("eval", "bpb_vs_position") + ".png")),
+            "--contexts", score_contexts(h),
         ]
-        # Also score non-overlapping windows at the eval length: the challenge's plain round-trip
-        # number (val_bpb_roundtrip_nonsliding), next to the sliding-window score.
-        ctx = [c.strip() for c in h.eval_contexts.split(",") if c.strip()]
-        argv += ["--contexts", ",".join(dict.fromkeys(ctx + [str(h.eval_seq_len)]))]
         run_command(argv, env, log, self.echo)
 
 
@@ -271,13 +265,6 @@ def _read_json(p: Path) -> dict[str, Any]:
         return {}
 
 
-def _first(d: dict[str, Any], *keys: str) -> Any:
-    for k in keys:
-        if d.get(k) is not None:
-            return d[k]
-    return None
-
-
 def logged_config(train_log: Path) -> dict[str, Any] | None:
     """The `config:{...}` header line golf.core.utils.RunLog writes: the config the run actually used."""
     try:
@@ -292,11 +279,13 @@ def logged_config(train_log: Path) -> dict[str, Any] | None:
     return None
 
 
-def collect_result(h: Hyperparameters, run_dir: Path, train_wall: float, eval_wall: float) -> dict[str, Any]:
+def collect_result(h: Hyperparameters, run_dir: Path, wall: float) -> dict[str, Any]:
+    """A seed's result from the files its run wrote: eval.json (score stage), size.json (export
+    stage), metrics.json (training stage)."""
     ev = _read_json(run_dir / "eval.json")
     size = _read_json(run_dir / "size.json")
     metrics = _read_json(run_dir / "metrics.json")
-    for name, d in (("eval.json", ev), ("size.json", size)):
+    for name, d in (("eval.json", ev), ("size.json", size), ("metrics.json", metrics)):
         if not d:
             raise GolfError(f"{run_dir / name} is missing or not JSON: the stage that writes it did not finish")
     for k in ("val_loss", "val_bpb"):
@@ -304,27 +293,21 @@ def collect_result(h: Hyperparameters, run_dir: Path, train_wall: float, eval_wa
             raise GolfError(f"{run_dir / 'eval.json'} has no {k}; re-run eval_bpb.py")
     if not isinstance(size.get("bytes_total"), int):
         raise GolfError(f"{run_dir / 'size.json'} has no integer bytes_total; re-run quantize.py")
-    history = metrics.get("history") or []
-    steps = _first(metrics, "steps", "step", "num_steps")
-    if steps is None and history:
-        steps = history[-1].get("step")
-    ctx = (ev.get("contexts") or {}).get(str(h.eval_seq_len)) or {}
-    rt = _first(ctx, "val_bpb") if ctx.get("stride") in (None, ctx.get("seq_len")) else None
-    if rt is None:
-        rt = _first(metrics, "val_bpb_roundtrip", "roundtrip_val_bpb", "val_bpb_roundtrip_nonsliding")
+    plain = (ev.get("contexts") or {}).get(str(h.eval_seq_len)) or {}
     return {
         "seed": h.seed,
         "run_id": h.run_id,
         "val_loss": float(ev["val_loss"]),
         "val_bpb": float(ev["val_bpb"]),
-        "val_bpb_roundtrip_nonsliding": rt,
+        "val_bpb_roundtrip_nonsliding": plain.get("val_bpb"),
         "val_bpb_prequant": metrics.get("val_bpb"),  # training's own final val: float weights, no sliding
         "bytes_total": int(size["bytes_total"]),
         "bytes_code": size.get("bytes_code"),
-        "bytes_model": _first(size, "bytes_model", "bytes_artifact"),
-        "steps": steps,
-        "train_seconds": _first(metrics, "train_seconds", "train_time_s", "elapsed_seconds") or round(train_wall, 2),
-        "eval_seconds": _first(ev, "seconds") or round(eval_wall, 2),
+        "bytes_model": size.get("bytes_model"),
+        "steps": metrics.get("steps"),
+        "train_seconds": metrics.get("train_seconds"),
+        "eval_seconds": ev.get("seconds"),
+        "wall_seconds": round(wall, 2),
         "eval_tokens": ev.get("tokens"),
         "eval_bytes": ev.get("bytes"),
     }
@@ -360,14 +343,12 @@ def run_seed(h: Hyperparameters, stages: Stages, use_cache: bool = True) -> Seed
     run_dir.mkdir(parents=True)
     log = run_dir / "pipeline.log"
     env = config_env(h)
-    say(f"seed {h.seed}: training {h.run_id} (log {run_dir / 'train.log'})")
+    say(f"seed {h.seed}: train -> export -> score {h.run_id} (log {run_dir / 'train.log'})")
     t0 = time.time()
-    stages.train(env, run_dir, log)
-    train_wall = time.time() - t0
+    stages.run(env, run_dir, log)
+    wall = time.time() - t0
     if not (run_dir / "final.pt").is_file():
         raise GolfError(f"training finished but {run_dir / 'final.pt'} is missing; see {log}")
-    say(f"seed {h.seed}: quantising")
-    stages.quantize(env, run_dir, log)
     size = _read_json(run_dir / "size.json")
     if not isinstance(size.get("bytes_total"), int):
         raise GolfError(f"{run_dir / 'size.json'} is missing or has no bytes_total; see {log}")
@@ -376,10 +357,9 @@ def run_seed(h: Hyperparameters, stages: Stages, use_cache: bool = True) -> Seed
             f"seed {h.seed}: bytes_total {size['bytes_total']:,} is over the {BYTES_CAP:,}-byte cap "
             f"({json.dumps(size)}); lower QUANT_*_BITS or the model size. No record was written."
         )
-    say(f"seed {h.seed}: sliding-window eval (stride {h.eval_stride})")
-    t0 = time.time()
-    stages.evaluate(env, h, run_dir / "model.ptz", run_dir / "eval.json", log)
-    result = collect_result(h, run_dir, train_wall, time.time() - t0)
+    if not (run_dir / "eval.json").is_file():
+        raise GolfError(f"the run finished but {run_dir / 'eval.json'} (its round-trip score) is missing; see {log}")
+    result = collect_result(h, run_dir, wall)
     cfg = h.to_dict()
     logged = logged_config(run_dir / "train.log")
     if logged:
@@ -714,16 +694,14 @@ def verify(
         log, env = run_dir / "pipeline.log", config_env(h)
         if artifact is None:
             say(f"seed {s}: rebuilding the artifact from commit {sub['commit']} + the record's config")
-            stages.train(env, run_dir, log)
-            stages.quantize(env, run_dir, log)
-            art = run_dir / "model.ptz"
+            stages.run(env, run_dir, log)  # train -> export -> score: eval.json scores the rebuilt artifact
             size_total = _read_json(run_dir / "size.json").get("bytes_total")
         else:
             art = Path(artifact)
             if not art.is_file():
                 raise GolfError(f"artifact {art} not found")
             size_total = art.stat().st_size + int(sub.get("bytes_code") or 0)
-        stages.evaluate(env, h, art, run_dir / "eval.json", log)
+            stages.evaluate(env, h, art, run_dir / "eval.json", log)
         ev = _read_json(run_dir / "eval.json")
         got = ev.get("val_bpb")
         if not isinstance(got, (int, float)):

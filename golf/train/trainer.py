@@ -293,16 +293,18 @@ def threading_main() -> bool:
 
 
 def train(h) -> dict[str, Any]:
+    """The training stage alone (its own process group): runs/<RUN_ID>/final.pt and the summary."""
     t_start = time.time()
     d = setup_distributed(h)
     try:
-        return _train(h, d, t_start)
+        return run_training(h, d, t_start)
     finally:
         if d.on and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(h, d: Dist, t_start: float) -> dict[str, Any]:
+def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
+    """Train on an already set-up device / process group (golf.train.run keeps it for scoring)."""
 
     if d.on:  # every rank must use rank 0's run id (auto ids embed a timestamp)
         obj = [h.run_id]

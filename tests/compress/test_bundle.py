@@ -11,12 +11,15 @@ from golf.compress.bundle import (OPTIONAL_DEPS, bundle_bytes, collect_modules, 
 from golf.core.utils import GolfError
 
 
-def test_closure_has_what_training_needs_and_no_bench():
+def test_closure_holds_the_three_stages_and_no_corpus_preparation():
     mods = collect_modules()
-    for m in ("__main__", "golf", "golf.train.trainer", "golf.model.gpt", "golf.compress.quant", "golf.model.mixer", "golf.core.config"):
+    stages = ("golf.train.trainer", "golf.compress.export", "golf.eval.score", "golf.train.run")  # train -> export -> score
+    for m in ("__main__", "golf", "golf.model.gpt", "golf.compress.quant", "golf.model.mixer", "golf.core.config",
+              "golf.compress.artifact", *stages):
         assert m in mods, m
-    assert "golf.model.mechanisms.stream" in mods  # reached through the importlib registry strings
-    assert not any(m.startswith(("golf.bench", "golf.compress.bundle")) for m in mods)
+    assert "golf.model.mechanisms.stream" in mods  # every registered mechanism
+    assert not any(m.startswith(("golf.bench", "golf.compress.bundle", "golf.submit")) for m in mods)
+    assert not {"golf.data.prepare", "golf.data.corpus", "golf.data.fineweb", "golf.data.audit"} & set(mods)
     assert mods["golf.model.mechanisms"][0] and not mods["golf.model.gpt"][0]  # package flags
     assert heavy_top_level_imports(mods) == {}, "these golf modules import optional deps at top level"
 
@@ -74,4 +77,8 @@ def test_bundle_trains_from_an_empty_folder(tmp_path, byte_data_dir):
 
     ck = torch.load(final, map_location="cpu", weights_only=False)
     assert ck["model_config"]["num_layers"] == 2 and ck["state_dict"]
+    # the one process also exported and scored: the artifact's round-trip score is its last word
+    ev = json.loads((run / "runs" / "bundled" / "eval.json").read_text())
+    assert (run / "runs" / "bundled" / "model.ptz").is_file()
+    assert f"final_sliding_window_exact val_loss:{ev['val_loss']:.8f} val_bpb:{ev['val_bpb']:.8f}" in p.stdout
     assert not (run / "golf").exists()  # nothing was unpacked next to it

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from golf.data.bpb import audit_bytes, audit_file, bits_per_byte, build_luts, token_bytes
+from golf.data.audit import audit_file
+from golf.data.bpb import audit_bytes, bits_per_byte, build_luts, token_bytes
 from golf.data.corpus import iter_jsonl_fast
 from golf.data.folder import tokenizer_path
 from golf.data.tokenizer import ByteTokenizer, train_sentencepiece

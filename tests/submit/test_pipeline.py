@@ -46,7 +46,13 @@ class FakeStages(P.Stages):
         self._maybe_fail("prepare", env)
         tiny_folder(Path(env["DATA_PATH"]))
 
-    def train(self, env, run_dir, log):
+    def run(self, env, run_dir, log):
+        """train_gpt.py's one process: train -> export -> score."""
+        self._train(env, run_dir, log)
+        self.quantize(env, run_dir, log)
+        self.evaluate(env, None, run_dir / "model.ptz", run_dir / "eval.json", log)
+
+    def _train(self, env, run_dir, log):
         self._maybe_fail("train", env)
         seed = int(env["SEED"])
         # loss depends on settings passed through the environment
@@ -58,7 +64,7 @@ class FakeStages(P.Stages):
                                            f"step:10 train_loss:{loss + 1}\n")
         hist = [{"step": s, "train_loss": loss + 1 / s} for s in range(1, 11)]
         (run_dir / "metrics.json").write_text(json.dumps({"steps": 10, "train_seconds": 1.5, "history": hist,
-                                                          "val_bpb_roundtrip": loss / math.log(2) * 0.4 + 0.01}))
+                                                          "val_bpb": loss / math.log(2) * 0.4 + 0.02}))
 
     def quantize(self, env, run_dir, log):
         self._maybe_fail("quantize", env)
@@ -69,8 +75,11 @@ class FakeStages(P.Stages):
     def evaluate(self, env, h, artifact, out_json, log):
         self._maybe_fail("eval", env)
         loss = json.loads(Path(artifact).read_text())["loss"]
+        seq = env["EVAL_SEQ_LEN"]  # the plain round trip: non-overlapping windows at the eval length
+        plain = {"val_loss": loss + 0.01, "val_bpb": (loss + 0.01) / math.log(2) * 0.4, "seq_len": int(seq),
+                 "stride": int(seq)}
         out_json.write_text(json.dumps({"val_loss": loss, "val_bpb": loss / math.log(2) * 0.4, "tokens": 1000,
-                                        "bytes": 2500, "seconds": 0.5}))
+                                        "bytes": 2500, "seconds": 0.5, "contexts": {seq: plain}}))
 
     def trained(self):
         return [c for c in self.calls if c[0] == "train"]

@@ -1,0 +1,132 @@
+"""The export stage: a trained model -> the submission artifact (quantise, compress, write, read
+back) and the byte-budget check (artifact + code <= 16,000,000). `quantize.py` runs it on a final.pt;
+`train_gpt.py` runs it in the training process (golf/train/run.py)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from golf.compress.artifact import _PAYLEN, _PREFIX, _build_gpt, read_artifact, save_artifact, size_report
+from golf.compress.codesize import code_bytes
+from golf.core.config import BYTES_CAP, from_dict
+from golf.core.utils import GolfError, atomic_write_json
+
+Calibration = Callable[[], Iterator[torch.Tensor]]
+
+
+@dataclass
+class ExportResult:
+    artifact: Path
+    size: dict[str, Any]  # what size.json holds: bytes_total, bytes_model, bytes_code, fits, groups, ...
+
+    @property
+    def bytes_total(self) -> int:
+        return int(self.size["bytes_total"])
+
+    @property
+    def fits(self) -> bool:
+        return bool(self.size["fits"])
+
+
+def export(model: nn.Module, h: Any, tokenizer_sha256: str, out: str | Path, calibration: Calibration | None = None,
+           packing: str = "int8", code: str | Path | None = None) -> ExportResult:
+    """Quantise `model` (the policy in golf/compress/quant.py), compress and write `out` atomically,
+    read it back, check the byte budget and write size.json beside it.
+
+    calibration: a callable returning an iterator of training token batches [B, T] (never
+    validation), for quantisers that need activations (GPTQ's Hessians, golf issue 16). The
+    round-to-nearest quantiser here needs none and does not call it."""
+    out = Path(out)
+    rep = save_artifact(out, model, h, tokenizer_sha256, packing=packing)
+    t0 = time.perf_counter()
+    read_artifact(out)  # round-trip check + decompression time
+    rep["seconds"]["decompress"] = round(time.perf_counter() - t0, 3)
+    size = _budget(rep, code)
+    atomic_write_json(out.with_name("size.json"), size)
+    return ExportResult(out, size)
+
+
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise GolfError(f"{path}: checkpoint not found; train first (python train_gpt.py writes runs/<id>/final.pt)")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged/foreign file
+        raise GolfError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e}); re-run training") from None
+    missing = [k for k in ("config", "model_config", "state_dict") if k not in ck]
+    if missing:
+        raise GolfError(f"{path}: not a golf final.pt (missing {missing}); pass runs/<id>/final.pt written by train_gpt.py")
+    return ck
+
+
+def model_from_checkpoint(ck: dict[str, Any], path: str | Path = "checkpoint") -> tuple[nn.Module, Any]:
+    """(GPT with the checkpoint's export weights, Hyperparameters)."""
+    h = from_dict(ck["config"], source=str(path))
+    model = _build_gpt(ck["model_config"])
+    sd = {k: v for k, v in ck["state_dict"].items() if not k.startswith("mtp_heads.")}
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise GolfError(f"{path}: weights do not match this code's model ({str(e)[:300]}); "
+                        f"quantise at the commit that trained it") from None
+    return model, h
+
+
+def quantize_checkpoint(
+    checkpoint: str | Path, out: str | Path | None = None, packing: str = "int8", code: str | Path | None = None
+) -> dict[str, Any]:
+    """final.pt -> model.ptz (+ size.json beside it). Returns the size report (bytes_total etc.)."""
+    checkpoint = Path(checkpoint)
+    ck = load_checkpoint(checkpoint)
+    model, h = model_from_checkpoint(ck, checkpoint)
+    out = Path(out) if out else checkpoint.with_name("model.ptz")
+    res = export(model, h, str(ck.get("tokenizer_sha256", "")), out, packing=packing, code=code)
+    res.size.update(checkpoint=str(checkpoint))
+    atomic_write_json(out.with_name("size.json"), res.size)
+    return res.size
+
+
+def _budget(rep: dict[str, Any], code: str | Path | None) -> dict[str, Any]:
+    nbytes, source = code_bytes(code)
+    total = rep["bytes"] + nbytes
+    return {
+        "bytes_total": total, "bytes_model": rep["bytes"], "bytes_code": nbytes, "code_source": source,
+        "cap": BYTES_CAP, "fits": total <= BYTES_CAP, "headroom": BYTES_CAP - total, "artifact": rep["path"],
+        "params": rep["params"], "bits_per_param": rep["bits_per_param"],
+        "payload_bytes": rep["payload_bytes"], "header_bytes": rep["header_bytes"],
+        "groups": rep["groups"], "seconds": rep.get("seconds", {}),
+    }
+
+
+def check_size(artifact: str | Path, code: str | Path | None = None) -> dict[str, Any]:
+    """`quantize.py --check`: bytes_total = artifact + code, with the per-group breakdown."""
+    artifact = Path(artifact)
+    header, _ = read_artifact(artifact)
+    total = artifact.stat().st_size
+    hlen = _PREFIX.unpack_from(artifact.read_bytes(), 0)[2]
+    rep = size_report(header, total, total - hlen - _PREFIX.size - _PAYLEN.size, hlen)
+    rep["path"] = str(artifact)
+    return _budget(rep, code)
+
+
+def format_size(size: dict[str, Any]) -> str:
+    lines = [f"{'group':<10} {'params':>12} {'bits':>10} {'zstd bytes':>12} {'bits/param':>10}"]
+    for g, e in sorted(size["groups"].items(), key=lambda kv: -kv[1]["params"]):
+        bits = ",".join(sorted(e["bits"], key=int))
+        lines.append(f"{g:<10} {e['params']:>12,} {bits:>10} {e.get('compressed_bytes', 0):>12,} "
+                     f"{e.get('bits_per_param', 0):>10}")
+    lines.append(f"bytes_model: {size['bytes_model']:,} (header {size['header_bytes']:,}, payload "
+                 f"{size['payload_bytes']:,}; {size['params']:,} params, {size['bits_per_param']} bits/param)")
+    lines.append(f"bytes_code: {size['bytes_code']:,} ({size['code_source']})")
+    verdict = "OK" if size["fits"] else "OVER THE CAP"
+    lines.append(f"bytes_total: {size['bytes_total']:,} / cap {size['cap']:,} -> {verdict} "
+                 f"(headroom {size['headroom']:,})")
+    return "\n".join(lines)

@@ -1,0 +1,95 @@
+"""`python train_gpt.py`: train -> export -> score in one process, as the challenge's scripts do.
+
+The stages are library calls with typed results: golf.train.trainer (final.pt), golf.compress.export
+(model.ptz + size.json: quantise, compress, byte budget) and golf.eval.score (eval.json: the
+round-trip score of the artifact, never of the training weights). Under torchrun every rank trains
+and scores (windows split over ranks); rank 0 alone writes the artifact.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+
+from golf.compress.export import export, load_checkpoint, model_from_checkpoint
+from golf.core.config import Hyperparameters
+from golf.core.utils import GolfError
+from golf.data.loader import TokenLoader
+from golf.eval.report import plot_bpb_vs_position, summary, write_report
+from golf.eval.score import score
+from golf.train.trainer import Dist, run_training, setup_distributed
+
+
+def calibration_batches(h: Hyperparameters, batches: int = 8, seqs: int = 8) -> Iterator[torch.Tensor]:
+    """Token batches [seqs, TRAIN_SEQ_LEN] from the *training* split (never validation), for a
+    quantiser that needs activations (the export stage's `calibration` seam)."""
+    loader = TokenLoader.from_data_path(h.data_path, h.vocab_size, seq_len=h.train_seq_len,
+                                        local_batch_seqs=seqs, seed=h.seed + 1)
+    for _ in range(batches):
+        yield loader.next_batch()[0]
+
+
+def score_contexts(h: Hyperparameters) -> str:
+    """EVAL_CONTEXTS plus non-overlapping windows at the eval length: the challenge's plain round-trip
+    number (val_bpb_roundtrip_nonsliding) beside the sliding-window score."""
+    ctx = [c.strip() for c in h.eval_contexts.split(",") if c.strip()]
+    return ",".join(dict.fromkeys(ctx + [str(h.eval_seq_len)]))
+
+
+def _append(run_dir: Path, line: str, d: Dist) -> None:
+    if d.master:
+        print(line, flush=True)
+        with open(run_dir / "train.log", "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
+def run(h: Hyperparameters) -> dict[str, Any]:
+    """Train, export and score one run. Returns the training summary with `size` (the export
+    stage's size report) and `eval` (the score stage's report) added."""
+    t_start = time.time()
+    d = setup_distributed(h)
+    try:
+        summary_ = run_training(h, d, t_start)
+        if summary_.get("status") != "finished":
+            return summary_
+        run_dir = Path(summary_["run_dir"])
+        artifact = run_dir / "model.ptz"
+        size = None
+        if d.master:
+            ck = load_checkpoint(run_dir / "final.pt")
+            model, _ = model_from_checkpoint(ck, run_dir / "final.pt")
+            res = export(model, h, str(ck.get("tokenizer_sha256", "")), artifact,
+                         calibration=lambda: calibration_batches(h))
+            size = res.size
+            _append(run_dir, f"Total submission size: {res.bytes_total} bytes (model {size['bytes_model']}, "
+                             f"code {size['bytes_code']}; cap {size['cap']})", d)
+        if d.on:
+            box = [size]
+            dist.broadcast_object_list(box, src=0)
+            size = box[0]
+        if not size["fits"] and not h.allow_oversize:
+            raise GolfError(f"bytes_total {size['bytes_total']:,} is over the {size['cap']:,}-byte cap (see "
+                            f"{run_dir / 'size.json'}); lower QUANT_*_BITS or the model size, or ALLOW_OVERSIZE=1 "
+                            f"to score it anyway")
+        rep = score(artifact, h.data_path, contexts=score_contexts(h), device=str(d.device),
+                    rank=d.rank, world_size=d.world_size)
+        if d.master:
+            write_report(run_dir / "eval.json", rep)
+            try:
+                plot_bpb_vs_position(rep, run_dir / "bpb_vs_position.png")
+            except ImportError:  # matplotlib is optional (a submission folder has only torch, numpy, ...)
+                pass
+            plain = (rep.get("contexts") or {}).get(str(h.eval_seq_len)) or {}
+            if plain:
+                _append(run_dir, f"final_int_zstd_roundtrip_exact val_loss:{plain['val_loss']:.8f} "
+                                 f"val_bpb:{plain['val_bpb']:.8f}", d)
+            _append(run_dir, f"final_sliding_window_exact val_loss:{rep['val_loss']:.8f} val_bpb:{rep['val_bpb']:.8f} "
+                             f"stride:{rep['stride']} seq_len:{rep['seq_len']}", d)
+            print(summary(rep), flush=True)
+        return {**summary_, "size": size, "eval": rep}
+    finally:
+        if d.on and dist.is_initialized():
+            dist.destroy_process_group()
