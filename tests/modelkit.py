@@ -1,17 +1,15 @@
 """Tiny model configs and a parameter shake-up, shared by the model and mechanism tests."""
 import torch
 
-from golf.core.config import Hyperparameters
+from golf.core.config import GPTConfig
 from golf.model.mechanisms import build_mixer
 
 
 def small_cfg(**kw):
-    """A tiny GPT config with every architecture field present; keywords override."""
-    cfg = Hyperparameters().model_config()
-    cfg.update(vocab_size=64, num_layers=4, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=2.0,
-               rope_dims=4, train_seq_len=32)
-    cfg.update(kw)
-    return cfg
+    """A tiny GPTConfig (every architecture field from its default); keywords override."""
+    base = dict(vocab_size=64, num_layers=4, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=2.0, rope_dims=4,
+                train_seq_len=32)
+    return GPTConfig(**{**base, **kw})
 
 
 def randomize(module, std=0.1, seed=0, skip=()):

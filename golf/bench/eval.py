@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
     torch.manual_seed(0)
-    cfg = dict(h.model_config(), mtp_num_heads=0)
+    cfg = replace(h.model_config(), mtp_num_heads=0)
     model = GPT(cfg).to(dev).eval()
     if args.data_path:
 

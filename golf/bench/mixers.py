@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from golf.core.config import Hyperparameters
+from golf.core.config import GPTConfig, Hyperparameters
 from golf.core.utils import GolfError, atomic_write_json, device_description, git_commit, main_guard, package_versions
 from golf.model.layers import Rotary
 from golf.model.mechanisms import build_mixer
@@ -28,17 +28,17 @@ GOAL_RATIO = 0.5
 GOAL_MIXERS = ("stream", "deltanet")
 
 
-def bench_one(name: str, cfg: dict, batch: int, seq_len: int, device: torch.device, dtype: torch.dtype,
+def bench_one(name: str, cfg: GPTConfig, batch: int, seq_len: int, device: torch.device, dtype: torch.dtype,
               iters: int, warmup: int, compile_: bool) -> dict:
 
     torch.manual_seed(0)
     mixer = build_mixer(name, cfg, 0).to(device)
     params = sum(p.numel() for p in mixer.parameters())
-    head_dim = cfg["model_dim"] // cfg["num_heads"]
+    head_dim = cfg.model_dim // cfg.num_heads
     cos, sin = Rotary(head_dim)(seq_len, device)
     ctx = MixerContext(cos=cos, sin=sin)
     fn = torch.compile(mixer) if compile_ else mixer
-    x = torch.randn(batch, seq_len, cfg["model_dim"], device=device, requires_grad=True)
+    x = torch.randn(batch, seq_len, cfg.model_dim, device=device, requires_grad=True)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     def run():

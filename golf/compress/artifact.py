@@ -34,6 +34,7 @@ import json
 import os
 import struct
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,6 +44,7 @@ from torch import nn
 
 from golf.compress import pack as packing_mod
 from golf.compress.quant import bits_for_tensor, clip_ratios
+from golf.core.config import GPTConfig
 from golf.core.utils import GolfError, atomic_path, git_commit, sha256_bytes
 from golf.model.gpt import GPT
 from golf.model.mixer import quant_group_of
@@ -176,7 +178,7 @@ def save_artifact(
     frame_info = [{"group": g, "raw_bytes": end - start, "zstd_bytes": len(f)} for (g, start, end), f in zip(sections, frames)]
 
     cfg = h.to_dict() if hasattr(h, "to_dict") else dict(h)
-    model_config = h.model_config() if hasattr(h, "model_config") else dict(cfg.get("model_config", {}))
+    model_config = asdict(h.model_config()) if hasattr(h, "model_config") else dict(cfg.get("model_config", {}))
     header = {
         "format_version": FORMAT_VERSION, "model_config": model_config, "tokenizer_sha256": tokenizer_sha256,
         "config": cfg, "commit": git_commit(), "zstd_level": level, "tensors": entries,
@@ -300,7 +302,8 @@ def decode_tensors(header: dict[str, Any], raw: bytes) -> dict[str, torch.Tensor
 
 
 def _build_gpt(model_config: dict[str, Any]) -> nn.Module:
-    return GPT(dict(model_config), with_mtp=False)  # training-only heads are never rebuilt for eval
+    # training-only heads are never rebuilt for eval
+    return GPT(GPTConfig.from_dict(model_config, "artifact model_config"), with_mtp=False)
 
 
 def load_artifact(

@@ -20,20 +20,11 @@ BYTES_CAP = 16_000_000  # the challenge's cap: compressed model + code bytes, de
 
 
 @dataclass
-class Hyperparameters:
-    # --- run -----------------------------------------------------------------------------------
-    preset: str = "tiny"
-    run_id: str = ""  # derived: <preset>_<timestamp>_s<seed>
-    seed: int = 1337
-    out_dir: str = "runs"  # each run writes runs/<run_id>/
-    device: str = "auto"  # auto | cpu | cuda
-    compile: str = "auto"  # auto (on for CUDA) | on | off
-    compile_backend: str = "inductor"  # torch.compile backend; aot_eager/eager isolate an inductor bug
-    # --- data ----------------------------------------------------------------------------------
-    data_path: str = "data/datasets/shakespeare_sp1024"  # folder of *train_*.bin, *val_*.bin, manifest.json
-    tokenizer_path: str = ""  # derived from the data manifest when empty
-    val_max_tokens: int = 0  # 0 = the whole val split (training-time val may use a prefix)
-    # --- model backbone ------------------------------------------------------------------------
+class GPTConfig:
+    """The fields that rebuild a model from its artifact (stored there as a dict by
+    golf/compress/artifact.py). Hyperparameters inherits them, so a new architecture setting is
+    one line here and never needs a second list."""
+
     vocab_size: int = 1024
     num_layers: int = 9
     model_dim: int = 512
@@ -47,15 +38,11 @@ class Hyperparameters:
     tie_embeddings: bool = True
     unet_skips: bool = True
     ln_scale: bool = True  # scale block inputs by 1/sqrt(layer+1)
-    # --- record-stack extras ------------------------------------------------------------------
     num_memory_tokens: int = 0
     bigram_vocab_size: int = 0  # 0 = off
     bigram_dim: int = 128
     smear_gate: bool = False
     mtp_num_heads: int = 0  # training-only multi-token-prediction heads
-    mtp_loss_weight: float = 0.1
-    mtp_decay: float = 0.5  # weight of head k is mtp_loss_weight * mtp_decay**(k-1)
-    # --- memory mechanisms (golf/model/mechanisms/) -------------------------------------------------------
     mixers: str = ""  # per-layer sequence mixers, comma-separated (e.g. "attn,attn,stream"); "" = all attn
     persistent_memory: int = 0  # learned key/value slots prepended in every attention layer
     attn_window: int = 0  # sliding-window size in tokens for "swa" layers; 0 = derived from window_frac
@@ -68,8 +55,42 @@ class Hyperparameters:
     deltanet_chunk: int = 64
     deltanet_heads: int = 0  # 0 = num_heads
     hypermix_hidden: int = 0  # 0 = model_dim // 2
-    # --- training ------------------------------------------------------------------------------
+    mtp_loss_weight: float = 0.1
+    mtp_decay: float = 0.5  # weight of head k is mtp_loss_weight * mtp_decay**(k-1)
     train_seq_len: int = 1024
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "model config") -> "GPTConfig":
+        """Rebuild from a stored dict (an artifact's model_config); an unknown key is an error, a
+        missing one (an artifact from before the setting existed) takes its default."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise GolfError(f"{source}: unknown model settings {unknown}; it was written by a newer golf")
+        cfg = cls()
+        for k, v in d.items():
+            setattr(cfg, k, _coerce(k, v, source))
+        return cfg
+
+
+@dataclass
+class Hyperparameters(GPTConfig):
+    # --- run -----------------------------------------------------------------------------------
+    preset: str = "tiny"
+    run_id: str = ""  # derived: <preset>_<timestamp>_s<seed>
+    seed: int = 1337
+    out_dir: str = "runs"  # each run writes runs/<run_id>/
+    device: str = "auto"  # auto | cpu | cuda
+    compile: str = "auto"  # auto (on for CUDA) | on | off
+    compile_backend: str = "inductor"  # torch.compile backend; aot_eager/eager isolate an inductor bug
+    # --- data ----------------------------------------------------------------------------------
+    data_path: str = "data/datasets/shakespeare_sp1024"  # folder of *train_*.bin, *val_*.bin, manifest.json
+    tokenizer_path: str = ""  # derived from the data manifest when empty
+    val_max_tokens: int = 0  # 0 = the whole val split (training-time val may use a prefix)
+    # --- model backbone ------------------------------------------------------------------------
+    # --- record-stack extras ------------------------------------------------------------------
+    # --- memory mechanisms (golf/model/mechanisms/) -------------------------------------------------------
+    # --- training ------------------------------------------------------------------------------
     train_batch_tokens: int = 524288  # global tokens per optimizer step
     grad_accum_steps: int = 0  # 0 = derived so one micro-batch fits
     micro_batch_seqs: int = 0  # sequences per micro-batch per rank; 0 = derived
@@ -150,35 +171,22 @@ class Hyperparameters:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def model_config(self) -> dict[str, Any]:
-        """The subset of settings that defines the model's architecture (stored in the artifact)."""
-        return {k: getattr(self, k) for k in MODEL_FIELDS}
+    def model_config(self) -> GPTConfig:
+        """The architecture part of the settings (what the artifact stores)."""
+        return GPTConfig(**{f.name: getattr(self, f.name) for f in fields(GPTConfig)})
 
 
-# Fields that define the architecture: the artifact stores exactly these, and the loader rebuilds
-# the model from them (training-only parts like MTP heads are dropped on load).
-MODEL_FIELDS: tuple[str, ...] = (
-    "vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "rope_dims",
-    "rope_base", "logit_softcap", "qk_gain_init", "tie_embeddings", "unet_skips", "ln_scale",
-    "num_memory_tokens", "bigram_vocab_size", "bigram_dim", "smear_gate", "mtp_num_heads",
-    "mixers", "persistent_memory", "attn_window", "attn_window_frac", "global_every", "flex_attention",
-    "unique_layers",
-    "stream_num_streams", "stream_chunk", "deltanet_chunk", "deltanet_heads", "hypermix_hidden",
-    "train_seq_len",
-)
-
-
-def layer_mixers(cfg: dict[str, Any]) -> list[str]:
+def layer_mixers(cfg: GPTConfig) -> list[str]:
     """Per logical layer mixer names from MIXERS:
     "" -> attn everywhere; "swa_pattern" -> GLOBAL_EVERY-1 local ("swa") layers then one global
     ("attn"), repeated (3 local : 1 global with GLOBAL_EVERY=4); a list of NUM_LAYERS names; or a
     shorter list whose length divides NUM_LAYERS, tiled (e.g. swa,swa,swa,attn for 8 layers)."""
-    n = int(cfg["num_layers"])
-    names = [m.strip() for m in str(cfg.get("mixers", "") or "").split(",") if m.strip()]
+    n = int(cfg.num_layers)
+    names = [m.strip() for m in str(cfg.mixers or "").split(",") if m.strip()]
     if not names:
         return ["attn"] * n
     if names == ["swa_pattern"]:
-        every = int(cfg.get("global_every", 4))
+        every = int(cfg.global_every)
         if every < 1:
             raise GolfError(f"GLOBAL_EVERY={every} must be >= 1 with MIXERS=swa_pattern")
         return ["attn" if (i + 1) % every == 0 else "swa" for i in range(n)]

@@ -155,7 +155,7 @@ class IncrementalDecoder:
         self._counts: dict[int, int] = {}
         self._rope: tuple[int, Any, Any] | None = None
         if max_ctx is None:
-            max_ctx = int(getattr(model, "cfg", {}).get("train_seq_len", 0) or 0)
+            max_ctx = int(getattr(getattr(model, "cfg", None), "train_seq_len", 0) or 0)
         if max_ctx < 0:
             raise GolfError(f"generate: max_ctx={max_ctx} must be >= 0 (0 = unbounded)")
         self.max_ctx = max_ctx
@@ -246,7 +246,7 @@ def sample(model: nn.Module, prompt_ids: list[int] | Tensor, max_new_tokens: int
         idx = idx[None]
     if idx.shape[1] == 0:
         idx = torch.full((idx.shape[0], 1), BOS_ID, dtype=torch.long, device=device)
-    max_ctx = int(getattr(model, "cfg", {}).get("train_seq_len", 0) or 0)
+    max_ctx = int(getattr(getattr(model, "cfg", None), "train_seq_len", 0) or 0)
 
     def full(ctx_ids: Tensor) -> Tensor:
         if max_ctx and ctx_ids.shape[1] > max_ctx:  # the model never saw longer contexts

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from golf.core.config import GPTConfig
 from golf.core.utils import GolfError
 from golf.model.layers import CastedLinear, apply_rotary, rms_norm
 from golf.model.mixer import MixerContext, SequenceMixer, tag
@@ -58,9 +59,9 @@ _FLEX: dict[str, Any] = {}  # imported lazily: no work at import time
 _BLOCK_MASKS: dict[tuple, Any] = {}  # (T, window, num_prefix, device) -> BlockMask; a few shapes a run
 
 
-def flex_setting(cfg: dict[str, Any]) -> str:
+def flex_setting(cfg: GPTConfig) -> str:
     """The model config's flex_attention: "auto" | "on" | "off" (artifacts without it: "auto")."""
-    v = str(cfg.get("flex_attention", "auto") or "auto").strip().lower()
+    v = str(cfg.flex_attention or "auto").strip().lower()
     if v not in ("auto", "on", "off"):
         raise GolfError(f"FLEX_ATTENTION={v!r}: use auto (compiled CUDA code), on (always) or off (never)")
     return v
@@ -135,9 +136,9 @@ class KVCache:
 class CausalSelfAttention(SequenceMixer):
     name = "attn"
 
-    def __init__(self, cfg: dict[str, Any], layer_idx: int):
+    def __init__(self, cfg: GPTConfig, layer_idx: int):
         super().__init__(cfg, layer_idx)
-        dim, h, hkv = int(cfg["model_dim"]), int(cfg["num_heads"]), int(cfg["num_kv_heads"])
+        dim, h, hkv = int(cfg.model_dim), int(cfg.num_heads), int(cfg.num_kv_heads)
         self.num_heads, self.num_kv_heads, self.head_dim = h, hkv, dim // h
         self.c_q = CastedLinear(dim, dim)
         self.c_k = CastedLinear(dim, hkv * self.head_dim)
@@ -146,7 +147,7 @@ class CausalSelfAttention(SequenceMixer):
         nn.init.zeros_(self.proj.weight)  # fresh block = identity (public records)
         for lin in (self.c_q, self.c_k, self.c_v, self.proj):
             tag(lin.weight, quant="attn", optim="matrix")
-        self.q_gain = tag(nn.Parameter(torch.full((h,), float(cfg.get("qk_gain_init", 1.5)))),
+        self.q_gain = tag(nn.Parameter(torch.full((h,), float(cfg.qk_gain_init))),
                           quant="control", optim="scalar")
         self.window = self.window_size(cfg)  # 0 = full causal attention
         flex = flex_setting(cfg) if self.window else "off"
@@ -157,7 +158,7 @@ class CausalSelfAttention(SequenceMixer):
             flex = "off"
         self.flex = flex  # when window layers use flex_window_attention (see above)
 
-    def window_size(self, cfg: dict[str, Any]) -> int:
+    def window_size(self, cfg: GPTConfig) -> int:
         return 0
 
     def _qkv(self, x: Tensor, ctx: MixerContext) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -17,13 +17,12 @@ QAT: the trainer calls `model.set_qat_bits(golf.compress.quant.quant_plan(model,
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from golf.core.config import layer_mixers
+from golf.core.config import GPTConfig, layer_mixers
 from golf.core.utils import GolfError
 from golf.model.embed import BigramHash, SmearGate
 from golf.model.layers import BOS_ID, MLP, CastedLinear, Rotary, rms_norm
@@ -34,11 +33,11 @@ TRAINING_ONLY_PREFIXES = ("mtp_heads.",)  # parameters never exported into the a
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: dict[str, Any], layer_idx: int, mixer: str):
+    def __init__(self, cfg: GPTConfig, layer_idx: int, mixer: str):
         super().__init__()
-        dim = int(cfg["model_dim"])
+        dim = int(cfg.model_dim)
         self.mixer = build_mixer(mixer, cfg, layer_idx)
-        self.mlp = MLP(dim, float(cfg["mlp_mult"]))
+        self.mlp = MLP(dim, float(cfg.mlp_mult))
         # learned residual scales and the x/x0 mix of the public records
         self.attn_scale = tag(nn.Parameter(torch.ones(dim)), quant="control", optim="scalar")
         self.mlp_scale = tag(nn.Parameter(torch.ones(dim)), quant="control", optim="scalar")
@@ -53,17 +52,17 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, cfg: dict[str, Any], with_mtp: bool = True):
+    def __init__(self, cfg: GPTConfig, with_mtp: bool = True):
         super().__init__()
-        self.cfg = dict(cfg)
-        V, D, L = int(cfg["vocab_size"]), int(cfg["model_dim"]), int(cfg["num_layers"])
+        self.cfg = cfg
+        V, D, L = int(cfg.vocab_size), int(cfg.model_dim), int(cfg.num_layers)
         self.vocab_size, self.model_dim, self.num_layers = V, D, L
-        self.softcap = float(cfg.get("logit_softcap", 0.0))
-        self.ln_scale = bool(cfg.get("ln_scale", True))
+        self.softcap = float(cfg.logit_softcap)
+        self.ln_scale = bool(cfg.ln_scale)
 
         self.tok_emb = nn.Embedding(V, D)
         tag(self.tok_emb.weight, quant="embed", optim="embed")
-        self.tie_embeddings = bool(cfg.get("tie_embeddings", True))
+        self.tie_embeddings = bool(cfg.tie_embeddings)
         if self.tie_embeddings:
             nn.init.normal_(self.tok_emb.weight, std=0.005)  # tied: small init (public records)
             self.lm_head = None
@@ -71,9 +70,9 @@ class GPT(nn.Module):
             self.lm_head = CastedLinear(D, V)
             nn.init.zeros_(self.lm_head.weight)
             tag(self.lm_head.weight, quant="embed", optim="embed")
-        nb = int(cfg.get("bigram_vocab_size", 0))
-        self.bigram = BigramHash(nb, int(cfg.get("bigram_dim", 128)), D) if nb > 0 else None
-        self.smear = SmearGate(D) if cfg.get("smear_gate", False) else None
+        nb = int(cfg.bigram_vocab_size)
+        self.bigram = BigramHash(nb, int(cfg.bigram_dim), D) if nb > 0 else None
+        self.smear = SmearGate(D) if cfg.smear_gate else None
 
         # keyed by name so parameter names read "mechanisms.memory_tokens.tokens"
         self.mechanisms = nn.ModuleDict({m.name: m for m in build_mechanisms(self.cfg)})
@@ -94,27 +93,23 @@ class GPT(nn.Module):
             blocks.append(Block(self.cfg, j, names.pop()))
         self.blocks = nn.ModuleList(blocks)
 
-        head_dim = D // int(cfg["num_heads"])
-        self.rotary = Rotary(int(cfg.get("rope_dims", 0)) or head_dim, float(cfg.get("rope_base", 10000.0)))
+        head_dim = D // int(cfg.num_heads)
+        self.rotary = Rotary(int(cfg.rope_dims) or head_dim, float(cfg.rope_base))
         # U-Net: the first half's outputs feed the second half in reverse order, with learned weights
         self.num_encoder = L // 2
-        num_skip = min(self.num_encoder, L - self.num_encoder) if cfg.get("unet_skips", True) else 0
+        num_skip = min(self.num_encoder, L - self.num_encoder) if cfg.unet_skips else 0
         self.skip_weights = (tag(nn.Parameter(torch.ones(num_skip, D)), quant="control", optim="scalar")
                              if num_skip else None)
 
         # multi-token prediction: head k (1..K) predicts token t+1+k from the last hidden state;
         # a training-only auxiliary loss, never exported (public record "Int6 MLP3x MTP")
-        k = int(cfg.get("mtp_num_heads", 0)) if with_mtp else 0
+        k = int(cfg.mtp_num_heads) if with_mtp else 0
         self.mtp_heads = nn.ModuleList([CastedLinear(D, V) for _ in range(k)])
         for h in self.mtp_heads:
             nn.init.zeros_(h.weight)
             tag(h.weight, quant="other", optim="matrix")
-        self.mtp_weights = [float(cfg.get("mtp_loss_weight", 0.1)) * float(cfg.get("mtp_decay", 0.5)) ** i
+        self.mtp_weights = [float(cfg.mtp_loss_weight) * float(cfg.mtp_decay) ** i
                             for i in range(k)]
-
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any], with_mtp: bool = True) -> "GPT":
-        return cls(cfg, with_mtp=with_mtp)
 
     # ------------------------------------------------------------------------------------------
     def hidden(self, idx: Tensor) -> Tensor:

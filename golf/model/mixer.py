@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from golf.core.config import GPTConfig
+
 QUANT_GROUPS = ("mlp", "attn", "embed", "other", "control")
 OPTIM_GROUPS = ("matrix", "embed", "scalar", "memory")
 
@@ -92,9 +94,9 @@ class SequenceMixer(nn.Module):
     name: ClassVar[str] = ""
     recurrent: ClassVar[bool] = False
 
-    def __init__(self, cfg: dict[str, Any], layer_idx: int):
+    def __init__(self, cfg: GPTConfig, layer_idx: int):
         super().__init__()
-        self.cfg = dict(cfg)
+        self.cfg = cfg
         self.layer_idx = layer_idx
 
     def forward(self, x: Tensor, ctx: MixerContext) -> Tensor:  # pragma: no cover - abstract
@@ -133,12 +135,12 @@ class ModelMechanism(nn.Module):
 
     name: ClassVar[str] = ""
 
-    def __init__(self, cfg: dict[str, Any]):
+    def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.cfg = dict(cfg)
+        self.cfg = cfg
 
     @classmethod
-    def enabled(cls, cfg: dict[str, Any]) -> bool:  # pragma: no cover - abstract
+    def enabled(cls, cfg: GPTConfig) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
 
     # positions prepended to every sequence by prefix(); they are visible to every real token,

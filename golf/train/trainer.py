@@ -23,7 +23,7 @@ import re
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -400,9 +400,9 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
     step, elapsed, qat_on, history, last_ckpt = 0, 0.0, False, [], None
     if h.resume:
         ck = load_checkpoint(ckpt_path, map_location=d.device)
-        if ck["model_config"] != h.model_config():
-            diff = {k: (ck["model_config"].get(k), v) for k, v in h.model_config().items()
-                    if ck["model_config"].get(k) != v}
+        now = asdict(h.model_config())
+        if ck["model_config"] != now:
+            diff = {k: (ck["model_config"].get(k), v) for k, v in now.items() if ck["model_config"].get(k) != v}
             raise GolfError(f"{ckpt_path} was trained with a different architecture {diff} (checkpoint, now); "
                             "resume with the run's own settings")
         changed = {k: v for k, v in h.to_dict().items() if k not in _RESUME_FREE and ck["config"].get(k) != v}
@@ -425,7 +425,7 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
         state = {"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
                  "ema": ema.state_dict() if ema is not None else None, "loader": loader.state_dict(),
                  "rng": rng_state(), "step": step, "elapsed": elapsed, "qat_on": qat_on, "history": history,
-                 "config": h.to_dict(), "model_config": h.model_config(), "run_id": h.run_id}
+                 "config": h.to_dict(), "model_config": asdict(h.model_config()), "run_id": h.run_id}
         if d.master:
             save_checkpoint(ckpt_path, state)
             log.kv(checkpoint=str(ckpt_path), step=step, reason=reason)
@@ -561,7 +561,7 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
         "wall_seconds": time.time() - t_start,
     }
     if d.master:
-        final = {"config": h.to_dict(), "model_config": h.model_config(),
+        final = {"config": h.to_dict(), "model_config": asdict(h.model_config()),
                  "state_dict": {k: v.detach().cpu() for k, v in _export_state(model).items()},
                  "tokenizer_sha256": tokenizer.sha256, "data_path": str(h.data_path), "metrics": summary}
         with atomic_path(run_dir / "final.pt") as tmp:

@@ -1,5 +1,6 @@
 """golf/compress/artifact.py: save -> load gives the dequantised model's logits; damage -> clear errors."""
 import struct
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from torch import nn
 
 from golf.compress.artifact import FORMAT_VERSION, MAGIC, load_artifact, read_artifact, save_artifact
 from golf.compress.quant import estimate_artifact_bytes, quantize_model_
-from golf.core.config import load_config
+from golf.core.config import GPTConfig, load_config
 from golf.core.utils import GolfError, repo_root
 from golf.model.gpt import GPT
 from golf.model.mixer import tag
@@ -49,7 +50,7 @@ def test_round_trip_logits_equal_dequantised_model(saved):
     quantize_model_(ref, h)
     loaded, meta = load_artifact(path)
     assert not loaded.training and len(loaded.mtp_heads) == 0  # MTP heads never come back
-    assert meta["tokenizer_sha256"] == TOK_SHA and meta["model_config"] == h.model_config()
+    assert meta["tokenizer_sha256"] == TOK_SHA and meta["model_config"] == asdict(h.model_config())
     assert meta["config"]["quant_mlp_bits"] == 5 and meta["bytes"] == path.stat().st_size == report["bytes"]
     idx = torch.randint(0, h.vocab_size, (2, 32))
     idx[:, 0] = 1
@@ -177,7 +178,7 @@ def test_tied_weights_stored_once(tmp_path):
 def test_mismatched_model_is_a_clear_error(tmp_path, saved):
     _, _, path, _ = saved
     with pytest.raises(GolfError, match="does not match"):
-        load_artifact(path, build_model=lambda cfg: GPT({**cfg, "num_layers": 3}, with_mtp=False))
+        load_artifact(path, build_model=lambda cfg: GPT(GPTConfig.from_dict({**cfg, "num_layers": 3}), with_mtp=False))
 
 
 def test_preflight_estimate_is_close_to_real_size(tmp_path):
@@ -195,7 +196,7 @@ def test_preflight_estimate_is_close_to_real_size(tmp_path):
 def _final_pt(tmp_path, h, model):
     path = tmp_path / "run" / "final.pt"
     path.parent.mkdir(parents=True)
-    torch.save({"config": h.to_dict(), "model_config": h.model_config(), "state_dict": model.state_dict(),
+    torch.save({"config": h.to_dict(), "model_config": asdict(h.model_config()), "state_dict": model.state_dict(),
                 "tokenizer_sha256": TOK_SHA, "data_path": "x", "metrics": {}}, path)
     return path
 

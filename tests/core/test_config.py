@@ -1,7 +1,9 @@
 """golf/core/config.py: precedence, typing, typo detection, derived values."""
+from dataclasses import asdict
+
 import pytest
 
-from golf.core.config import MODEL_FIELDS, PRESETS, Hyperparameters, from_dict, load_config, parse_cli
+from golf.core.config import PRESETS, GPTConfig, Hyperparameters, from_dict, load_config, parse_cli
 from golf.core.utils import GolfError
 
 
@@ -59,7 +61,11 @@ def test_round_trip_through_dict_and_model_subset():
     h2 = from_dict(h.to_dict())
     assert h2 == h
     cfg = h.model_config()
-    assert set(cfg) == set(MODEL_FIELDS) and cfg["num_memory_tokens"] == 64
+    assert isinstance(cfg, GPTConfig) and cfg.num_memory_tokens == 64 and cfg.mtp_loss_weight == 0.2
+    assert GPTConfig.from_dict(asdict(cfg)) == cfg
+    assert GPTConfig.from_dict({"num_layers": "3"}).num_layers == 3  # an older artifact: the rest default
+    with pytest.raises(GolfError, match="unknown model settings"):
+        GPTConfig.from_dict({**asdict(cfg), "num_layerz": 3})
     with pytest.raises(GolfError, match="unknown setting"):
         from_dict({"num_layerz": 3})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ WORKER = textwrap.dedent('''
     torch.set_num_threads(1)
     from golf.data.bpb import build_luts
     from golf.eval.score import evaluate_bpb
+    from golf.core.config import GPTConfig
     from golf.model.gpt import GPT
     from golf.data.tokenizer import ByteTokenizer
     import eval_bpb
@@ -43,7 +45,7 @@ WORKER = textwrap.dedent('''
     dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + os.environ["SECOND_PORT"],
                             rank=rank, world_size=world)
     torch.manual_seed(0)
-    model = GPT(json.loads(cfg_json))
+    model = GPT(GPTConfig.from_dict(json.loads(cfg_json)))
     toks = np.load(toks_path)
     luts = build_luts(ByteTokenizer())
     res = [evaluate_bpb(model, toks, luts, 32, s, 3, rank=rank, world_size=world) for s in (8, 32, 5)]
@@ -77,7 +79,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "LOCAL_WORLD_SIZE": "2",
            "SECOND_PORT": str(second_port)}
     out = tmp_path / "res.json"
-    wait_ranks(start_ranks([str(tmp_path / "worker.py"), str(out), json.dumps(cfg), str(tmp_path / "toks.npy"),
+    wait_ranks(start_ranks([str(tmp_path / "worker.py"), str(out), json.dumps(asdict(cfg)), str(tmp_path / "toks.npy"),
                             str(art), str(data)], env, ROOT), timeout=120)
 
     luts = build_luts(tok)

@@ -124,7 +124,7 @@ def test_flex_setting_rejects_bad_values():
     with pytest.raises(GolfError, match="FLEX_ATTENTION='maybe'"):
         load_config([], env={"FLEX_ATTENTION": "maybe"})
     assert _mixer("swa", attn_window=4, flex_attention="off").flex == "off"
-    assert load_config([], env={"FLEX_ATTENTION": "off"}).model_config()["flex_attention"] == "off"
+    assert load_config([], env={"FLEX_ATTENTION": "off"}).model_config().flex_attention == "off"
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -7,12 +7,12 @@ import sys
 
 import numpy as np
 import pytest
+from train.test_train import REPO, args, sub_env
 
 from golf.core.config import load_config
 from golf.data.folder import load_split
 from golf.eval.score import score
 from golf.train import run as R
-from train.test_train import REPO, args, sub_env
 
 
 def test_train_gpt_trains_exports_and_scores_in_one_process(byte_data_dir, tmp_path):

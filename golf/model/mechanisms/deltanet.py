@@ -24,12 +24,12 @@ Documents: no reset at BOS (memory-token prefixes must stay visible; the decay g
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from golf.core.config import GPTConfig
 from golf.core.utils import GolfError
 from golf.model.layers import CastedLinear, rms_norm
 from golf.model.mixer import MixerContext, SequenceMixer, tag
@@ -130,14 +130,14 @@ class GatedDeltaNet(SequenceMixer):
     recurrent = True
     use_fla = True  # set False to force the plain-torch chunked path on CUDA
 
-    def __init__(self, cfg: dict[str, Any], layer_idx: int):
+    def __init__(self, cfg: GPTConfig, layer_idx: int):
         super().__init__(cfg, layer_idx)
-        D = int(cfg["model_dim"])
-        H = int(cfg.get("deltanet_heads", 0) or cfg["num_heads"])
+        D = int(cfg.model_dim)
+        H = int(cfg.deltanet_heads or cfg.num_heads)
         if D % H:
             raise GolfError(f"deltanet: MODEL_DIM={D} is not divisible by DELTANET_HEADS={H}; pick a divisor")
         self.dim, self.num_heads, self.head_dim = D, H, D // H
-        self.chunk = int(cfg.get("deltanet_chunk", 64) or 64)
+        self.chunk = int(cfg.deltanet_chunk or 64)
         self.qkv_proj = CastedLinear(D, 3 * D)
         self.gate_proj = CastedLinear(D, D)
         self.out_proj = CastedLinear(D, D)

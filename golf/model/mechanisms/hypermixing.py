@@ -17,12 +17,11 @@ Documents: no reset at BOS (memory-token prefixes stay in the average of every l
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from golf.core.config import GPTConfig
 from golf.core.utils import GolfError
 from golf.model.layers import CastedLinear, rms_norm
 from golf.model.mixer import MixerContext, SequenceMixer, tag
@@ -34,10 +33,10 @@ class HyperMixing(SequenceMixer):
     name = "hypermix"
     recurrent = True  # cumulative average = running sum + count
 
-    def __init__(self, cfg: dict[str, Any], layer_idx: int):
+    def __init__(self, cfg: GPTConfig, layer_idx: int):
         super().__init__(cfg, layer_idx)
-        D, H = int(cfg["model_dim"]), int(cfg["num_heads"])
-        hidden = int(cfg.get("hypermix_hidden", 0) or D // 2)
+        D, H = int(cfg.model_dim), int(cfg.num_heads)
+        hidden = int(cfg.hypermix_hidden or D // 2)
         if D % H or hidden % H:
             raise GolfError(f"hypermix: MODEL_DIM={D} and HYPERMIX_HIDDEN={hidden} must both be divisible "
                             f"by NUM_HEADS={H}")

@@ -7,11 +7,10 @@ Credit: Burtsev et al. 2020 "Memory Transformer"; the public parameter-golf reco
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
+from golf.core.config import GPTConfig
 from golf.model.mixer import ModelMechanism, tag
 
 
@@ -19,14 +18,14 @@ class MemoryTokens(ModelMechanism):
     name = "memory_tokens"
 
     @classmethod
-    def enabled(cls, cfg: dict[str, Any]) -> bool:
-        return int(cfg.get("num_memory_tokens", 0)) > 0
+    def enabled(cls, cfg: GPTConfig) -> bool:
+        return int(cfg.num_memory_tokens) > 0
 
-    def __init__(self, cfg: dict[str, Any]):
+    def __init__(self, cfg: GPTConfig):
         super().__init__(cfg)
-        self.num_prefix = int(cfg["num_memory_tokens"])
+        self.num_prefix = int(cfg.num_memory_tokens)
         # the embeddings are RMS-normed before the blocks (unit scale); memory starts at that scale
-        self.tokens = tag(nn.Parameter(torch.randn(self.num_prefix, int(cfg["model_dim"]))),
+        self.tokens = tag(nn.Parameter(torch.randn(self.num_prefix, int(cfg.model_dim))),
                           quant="control", optim="memory")
 
     def prefix(self, x: Tensor) -> Tensor:

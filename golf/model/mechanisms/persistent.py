@@ -11,33 +11,32 @@ rotary embedding: slots have no position. Stored in fp16 (quant "control"), no w
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
+from golf.core.config import GPTConfig
 from golf.model.attention import attend_slots
 from golf.model.layers import rms_norm
 from golf.model.mixer import ModelMechanism, tag
 
 
-def num_attention_modules(cfg: dict[str, Any]) -> int:
+def num_attention_modules(cfg: GPTConfig) -> int:
     """Attention modules are indexed by unique block (weight-tied blocks share their slots)."""
-    return int(cfg.get("unique_layers", 0)) or int(cfg["num_layers"])
+    return int(cfg.unique_layers) or int(cfg.num_layers)
 
 
 class PersistentMemory(ModelMechanism):
     name = "persistent_memory"
 
     @classmethod
-    def enabled(cls, cfg: dict[str, Any]) -> bool:
-        return int(cfg.get("persistent_memory", 0)) > 0
+    def enabled(cls, cfg: GPTConfig) -> bool:
+        return int(cfg.persistent_memory) > 0
 
-    def __init__(self, cfg: dict[str, Any]):
+    def __init__(self, cfg: GPTConfig):
         super().__init__(cfg)
-        n, s = num_attention_modules(cfg), int(cfg["persistent_memory"])
-        hkv, h = int(cfg["num_kv_heads"]), int(cfg["num_heads"])
-        hd = int(cfg["model_dim"]) // h
+        n, s = num_attention_modules(cfg), int(cfg.persistent_memory)
+        hkv, h = int(cfg.num_kv_heads), int(cfg.num_heads)
+        hd = int(cfg.model_dim) // h
         self.keys = tag(nn.Parameter(torch.randn(n, hkv, s, hd)), quant="control", optim="memory")
         self.values = tag(nn.Parameter(torch.randn(n, hkv, s, hd)), quant="control", optim="memory")
         self.scale = tag(nn.Parameter(torch.zeros(n, h)), quant="control", optim="scalar")

@@ -7,8 +7,7 @@ The window is fixed in tokens at build time, so evaluating at a longer context k
 """
 from __future__ import annotations
 
-from typing import Any
-
+from golf.core.config import GPTConfig
 from golf.core.utils import GolfError
 from golf.model.attention import CausalSelfAttention
 
@@ -16,10 +15,10 @@ from golf.model.attention import CausalSelfAttention
 class SlidingWindowAttention(CausalSelfAttention):
     name = "swa"
 
-    def window_size(self, cfg: dict[str, Any]) -> int:
-        w = int(cfg.get("attn_window", 0))
+    def window_size(self, cfg: GPTConfig) -> int:
+        w = int(cfg.attn_window)
         if w <= 0:
-            w = int(round(float(cfg.get("attn_window_frac", 0.25)) * int(cfg.get("train_seq_len", 1024))))
+            w = int(round(float(cfg.attn_window_frac) * int(cfg.train_seq_len)))
         if w < 1:
             raise GolfError(f"sliding window of {w} tokens: set ATTN_WINDOW >= 1 or a larger ATTN_WINDOW_FRAC")
         return w

@@ -26,12 +26,12 @@ can learn to forget at a document boundary by itself.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from golf.core.config import GPTConfig
 from golf.core.utils import GolfError
 from golf.model.layers import CastedLinear, rms_norm
 from golf.model.mixer import MixerContext, SequenceMixer, tag
@@ -103,14 +103,14 @@ class StreamMixer(SequenceMixer):
     name = "stream"
     recurrent = True
 
-    def __init__(self, cfg: dict[str, Any], layer_idx: int):
+    def __init__(self, cfg: GPTConfig, layer_idx: int):
         super().__init__(cfg, layer_idx)
-        D, H = int(cfg["model_dim"]), int(cfg["num_heads"])
-        M = int(cfg.get("stream_num_streams", 4) or 4)
+        D, H = int(cfg.model_dim), int(cfg.num_heads)
+        M = int(cfg.stream_num_streams or 4)
         if D % H:
             raise GolfError(f"stream mixer: MODEL_DIM={D} is not divisible by NUM_HEADS={H}")
         self.dim, self.num_heads, self.head_dim, self.num_streams = D, H, D // H, M
-        self.chunk = int(cfg.get("stream_chunk", 64) or 64)
+        self.chunk = int(cfg.stream_chunk or 64)
         # q, k_in, v, gate from one matmul
         self.in_proj = CastedLinear(D, 4 * D)
         self.out_proj = CastedLinear(D, D)
@@ -126,7 +126,7 @@ class StreamMixer(SequenceMixer):
         tau = torch.logspace(math.log10(2.0), math.log10(1024.0), M)
         a0 = 1.0 - 1.0 / tau
         self.decay_bias = tag(nn.Parameter(torch.log(a0) - torch.log1p(-a0)), quant="control", optim="scalar")
-        self.qk_gain = tag(nn.Parameter(torch.full((H,), float(cfg.get("qk_gain_init", 1.5)))),
+        self.qk_gain = tag(nn.Parameter(torch.full((H,), float(cfg.qk_gain_init))),
                            quant="control", optim="scalar")
 
     # --- shared pieces ---------------------------------------------------------------------

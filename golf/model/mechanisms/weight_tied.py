@@ -6,11 +6,10 @@ public parameter-golf records that loop middle layers ("depth recurrence").
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
+from golf.core.config import GPTConfig
 from golf.core.utils import GolfError
 from golf.model.mixer import ModelMechanism, tag
 
@@ -19,18 +18,18 @@ class WeightTiedDepth(ModelMechanism):
     name = "weight_tied"
 
     @classmethod
-    def enabled(cls, cfg: dict[str, Any]) -> bool:
-        k = int(cfg.get("unique_layers", 0))
+    def enabled(cls, cfg: GPTConfig) -> bool:
+        k = int(cfg.unique_layers)
         return 0 < k
 
-    def __init__(self, cfg: dict[str, Any]):
+    def __init__(self, cfg: GPTConfig):
         super().__init__(cfg)
-        self.unique = int(cfg["unique_layers"])
-        n = int(cfg["num_layers"])
+        self.unique = int(cfg.unique_layers)
+        n = int(cfg.num_layers)
         if self.unique > n:
             raise GolfError(f"UNIQUE_LAYERS={self.unique} is more than NUM_LAYERS={n}; use <= NUM_LAYERS (0 = off)")
         # zero init: a fresh tied model equals the plain tied stack
-        self.iter_emb = tag(nn.Parameter(torch.zeros(n, int(cfg["model_dim"]))), quant="control", optim="memory")
+        self.iter_emb = tag(nn.Parameter(torch.zeros(n, int(cfg.model_dim))), quant="control", optim="memory")
 
     def block_schedule(self, num_layers: int) -> list[int]:
         return [i % self.unique for i in range(num_layers)]

@@ -1,19 +1,22 @@
 """Gated DeltaNet: causality, chunked WY/UT form vs step-by-step recurrence (values and gradients,
 several chunk sizes, T not a multiple of the chunk), the core against the paper's matrix form."""
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 from modelkit import grads_of, live_mixer
 
+from golf.core.config import GPTConfig
 from golf.core.utils import GolfError
 from golf.model.mechanisms.deltanet import GatedDeltaNet, chunk_gated_delta
 from golf.model.mixer import MixerContext, optim_group_of, quant_group_of
 
-CFG = dict(model_dim=32, num_heads=4, deltanet_heads=2, deltanet_chunk=16)
+CFG = GPTConfig(model_dim=32, num_heads=4, deltanet_heads=2, deltanet_chunk=16)
 
 
 def make(seed=0, **over):
-    return live_mixer("deltanet", {**CFG, **over}, seed)
+    return live_mixer("deltanet", replace(CFG, **over), seed)
 
 
 @pytest.mark.parametrize("chunk,T,heads", [(16, 37, 2), (5, 23, 4), (64, 20, 1), (1, 6, 2), (8, 64, 2)])
@@ -62,7 +65,7 @@ def test_core_matches_paper_matrix_form():
 
 def test_parameter_tags_and_count():
     D, H = 512, 8
-    m = GatedDeltaNet({**CFG, "model_dim": D, "num_heads": H, "deltanet_heads": 0}, 0)
+    m = GatedDeltaNet(replace(CFG, model_dim=D, num_heads=H, deltanet_heads=0), 0)
     assert m.num_heads == H  # DELTANET_HEADS=0 -> NUM_HEADS
     big = {"qkv_proj.weight", "gate_proj.weight", "out_proj.weight"}
     for name, p in m.named_parameters():
@@ -73,4 +76,4 @@ def test_parameter_tags_and_count():
 
 def test_bad_heads_is_a_clear_error():
     with pytest.raises(GolfError, match="DELTANET_HEADS"):
-        GatedDeltaNet({**CFG, "deltanet_heads": 5}, 0)
+        GatedDeltaNet(replace(CFG, deltanet_heads=5), 0)

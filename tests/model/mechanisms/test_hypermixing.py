@@ -1,21 +1,23 @@
 """Causal HyperMixing: causality, cumulative-average fast path vs running-sum recurrence (values and
 gradients), parameter tags, and a byte-level (vocab 260) model built on it."""
+from dataclasses import replace
+
 import pytest
 import torch
 from modelkit import live_mixer
 from torch import nn
 
-from golf.core.config import Hyperparameters
+from golf.core.config import GPTConfig, Hyperparameters
 from golf.core.utils import GolfError
 from golf.model.gpt import GPT
 from golf.model.mechanisms.hypermixing import HyperMixing
 from golf.model.mixer import MixerContext, optim_group_of, quant_group_of
 
-CFG = dict(model_dim=32, num_heads=4, hypermix_hidden=0)
+CFG = GPTConfig(model_dim=32, num_heads=4, hypermix_hidden=0)
 
 
 def make(seed=0, **over):
-    return live_mixer("hypermix", {**CFG, **over}, seed)
+    return live_mixer("hypermix", replace(CFG, **over), seed)
 
 
 def test_default_hidden_is_half_the_width():
@@ -46,7 +48,7 @@ def test_parallel_matches_recurrent(T, hidden):
 
 def test_parameter_tags_and_count():
     D, hidden = 512, 256
-    m = HyperMixing({**CFG, "model_dim": D, "num_heads": 8, "hypermix_hidden": hidden}, 0)
+    m = HyperMixing(replace(CFG, model_dim=D, num_heads=8, hypermix_hidden=hidden), 0)
     for name, p in m.named_parameters():
         assert (quant_group_of(p), optim_group_of(p)) == ("attn", "matrix"), name
     assert sum(p.numel() for p in m.parameters()) == D * (2 * hidden + D) + 2 * hidden * hidden + D * D
@@ -54,7 +56,7 @@ def test_parameter_tags_and_count():
 
 def test_bad_hidden_is_a_clear_error():
     with pytest.raises(GolfError, match="HYPERMIX_HIDDEN"):
-        HyperMixing({**CFG, "hypermix_hidden": 10}, 0)
+        HyperMixing(replace(CFG, hypermix_hidden=10), 0)
 
 
 def test_byte_level_model_trains_a_step():

@@ -6,13 +6,14 @@ import pytest
 import torch
 from modelkit import live_mixer
 
+from golf.core.config import GPTConfig
 from golf.model.mechanisms import MIXERS, build_mixer
 from golf.model.mixer import MixerContext
 
 CASES = {
-    "stream": dict(model_dim=32, num_heads=4, stream_num_streams=4, stream_chunk=16, qk_gain_init=1.5),
-    "deltanet": dict(model_dim=32, num_heads=4, deltanet_heads=2, deltanet_chunk=16),
-    "hypermix": dict(model_dim=32, num_heads=4, hypermix_hidden=0),
+    "stream": GPTConfig(model_dim=32, num_heads=4, stream_num_streams=4, stream_chunk=16, qk_gain_init=1.5),
+    "deltanet": GPTConfig(model_dim=32, num_heads=4, deltanet_heads=2, deltanet_chunk=16),
+    "hypermix": GPTConfig(model_dim=32, num_heads=4, hypermix_hidden=0),
 }
 
 

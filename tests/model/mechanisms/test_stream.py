@@ -1,17 +1,20 @@
 """Stream Mixer: causality, chunked scan vs step-by-step recurrence (values and gradients), extreme
 decays over long sequences, parameter tags."""
+from dataclasses import replace
+
 import pytest
 import torch
 from modelkit import grads_of, live_mixer
 
+from golf.core.config import GPTConfig
 from golf.model.mechanisms.stream import StreamMixer, stream_scan
 from golf.model.mixer import MixerContext, optim_group_of, quant_group_of
 
-CFG = dict(model_dim=32, num_heads=4, stream_num_streams=4, stream_chunk=16, qk_gain_init=1.5)
+CFG = GPTConfig(model_dim=32, num_heads=4, stream_num_streams=4, stream_chunk=16, qk_gain_init=1.5)
 
 
 def make(seed=0, **over):
-    return live_mixer("stream", {**CFG, **over}, seed)
+    return live_mixer("stream", replace(CFG, **over), seed)
 
 
 @pytest.mark.parametrize("chunk,T", [(16, 37), (7, 50), (64, 20), (1, 9)])
@@ -59,7 +62,7 @@ def test_scan_against_explicit_loop_with_initial_state():
 
 
 def test_parameter_tags_and_count():
-    m = StreamMixer({**CFG, "model_dim": 512, "num_heads": 8}, 0)
+    m = StreamMixer(replace(CFG, model_dim=512, num_heads=8), 0)
     for name, p in m.named_parameters():
         big = name in ("in_proj.weight", "out_proj.weight")
         assert (quant_group_of(p), optim_group_of(p)) == (("attn", "matrix") if big else ("control", "scalar")), name
