@@ -104,7 +104,6 @@ def save_artifact(
     h: Any,
     tokenizer_sha256: str,
     packing: str = "int8",
-    breakdown: bool = True,  # kept for callers; the per-group frames make attribution free
 ) -> dict[str, Any]:
     """Quantise `model` with the policy in golf.compress.quant and write the artifact atomically.
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, Sequence
@@ -383,6 +382,3 @@ def from_dict(d: Mapping[str, Any], source: str = "config") -> Hyperparameters:
     apply_overrides(h, d, source)
     return h
 
-
-def dumps(h: Hyperparameters) -> str:
-    return json.dumps(h.to_dict(), indent=2, sort_keys=True)

@@ -23,7 +23,6 @@ slow plain loop it must agree with (tests/test_eval.py).
 from __future__ import annotations
 
 import inspect
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +34,10 @@ from torch import Tensor
 
 from golf.compress.artifact import load_artifact
 from golf.core.utils import GolfError
-from golf.data.bpb import build_luts, token_bytes
+from golf.data.bpb import bits_per_byte, build_luts, token_bytes
 from golf.data.folder import load_data_tokenizer, load_split, read_manifest
 from golf.eval.report import build_report
 
-LN2 = math.log(2.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,7 +98,7 @@ def _summarise(pos_loss: np.ndarray, pos_tok: np.ndarray, pos_bytes: np.ndarray,
     """Per-position sums (float64 [seq_len]) -> the result dict."""
     loss_sum, toks, nbytes = float(pos_loss.sum()), int(round(pos_tok.sum())), int(round(pos_bytes.sum()))
     val_loss = loss_sum / max(toks, 1)
-    val_bpb = loss_sum / LN2 / max(nbytes, 1)
+    val_bpb = bits_per_byte(loss_sum, toks, nbytes) if nbytes else float('nan')
     # Columnar, so golf/core/plots.py and records can read position_bpb["bpb"] as a plain list.
     cols: dict[str, list] = {"start": [], "end": [], "tokens": [], "bytes": [], "loss": [], "bpb": []}
     for b0 in range(0, seq_len, position_bucket):
@@ -111,7 +109,7 @@ def _summarise(pos_loss: np.ndarray, pos_tok: np.ndarray, pos_bytes: np.ndarray,
         cols["tokens"].append(bt)
         cols["bytes"].append(bb)
         cols["loss"].append(bl / bt if bt else None)
-        cols["bpb"].append(bl / LN2 / bb if bb else None)
+        cols["bpb"].append(bits_per_byte(bl, bt, bb) if bb else None)
     return {
         "val_loss": val_loss,
         "val_bpb": val_bpb,

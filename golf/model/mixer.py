@@ -36,14 +36,6 @@ def tag(p: nn.Parameter, quant: str | None = None, optim: str | None = None) -> 
     return p
 
 
-def tag_module(m: nn.Module, quant: str | None = None, optim: str | None = None) -> nn.Module:
-    """Tag every 2-D parameter of `m` (vectors stay control/scalar unless tagged explicitly)."""
-    for p in m.parameters():
-        if p.ndim >= 2:
-            tag(p, quant, optim)
-    return m
-
-
 def quant_group_of(p: Tensor) -> str:
     g = getattr(p, "_golf_quant", None)
     if g is not None:

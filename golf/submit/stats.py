@@ -18,21 +18,6 @@ from typing import Sequence
 CHALLENGE_MIN_NATS = 0.005
 CHALLENGE_P = 0.01
 PRACTICE_P = 0.25
-LN2 = math.log(2.0)
-
-
-def nats_to_bpb(nats_per_token: float, tokens: int, num_bytes: int) -> float:
-    """Per-token loss in nats -> bits per byte: nats / ln 2 * tokens / bytes (the challenge's BPB)."""
-    if num_bytes <= 0:
-        raise ValueError("num_bytes must be positive")
-    return nats_per_token / LN2 * tokens / num_bytes
-
-
-def bpb_to_nats(bpb: float, tokens: int, num_bytes: int) -> float:
-    """Bits per byte -> per-token loss in nats (inverse of nats_to_bpb)."""
-    if tokens <= 0:
-        raise ValueError("tokens must be positive")
-    return bpb * LN2 * num_bytes / tokens
 
 
 def mean(xs: Sequence[float]) -> float:

@@ -102,7 +102,7 @@ def test_packings_give_identical_weights(tmp_path, saved):
     out = {}
     for packing in ("bits", "auto"):
         p = tmp_path / f"{packing}.ptz"
-        save_artifact(p, model, h, TOK_SHA, packing=packing, breakdown=False)
+        save_artifact(p, model, h, TOK_SHA, packing=packing)
         out[packing] = load_artifact(p)[0].state_dict()
     base = load_artifact(path)[0].state_dict()
     for k, v in base.items():
@@ -154,7 +154,7 @@ def test_tied_weights_stored_once(tmp_path):
 
     h = _h()
     m = Tied()
-    save_artifact(tmp_path / "t.ptz", m, h, TOK_SHA, breakdown=False)
+    save_artifact(tmp_path / "t.ptz", m, h, TOK_SHA)
     header, _ = read_artifact(tmp_path / "t.ptz")
     enc = {e["name"]: e["encoding"] for e in header["tensors"]}
     assert enc == {"emb.weight": "q", "head.weight": "alias"}
@@ -188,7 +188,7 @@ def test_preflight_estimate_is_close_to_real_size(tmp_path):
         for p in model.parameters():
             if p.ndim == 2:
                 p.copy_(torch.randn_like(p) * 0.02)
-    real = save_artifact(tmp_path / "m.ptz", model, h, TOK_SHA, breakdown=False)["bytes"]
+    real = save_artifact(tmp_path / "m.ptz", model, h, TOK_SHA)["bytes"]
     est = estimate_artifact_bytes(model, h, code_bytes=0)["total"]
     assert 0.8 * real < est < 1.25 * real, (est, real)
 

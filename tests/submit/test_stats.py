@@ -18,15 +18,6 @@ def cdf_t2(t):
     return 0.5 + t / (2 * math.sqrt(2 + t * t))
 
 
-def test_nats_bpb_round_trip_and_value():
-    # 2.0 nats/token, 1000 tokens over 2500 bytes: 2/ln2 * 0.4 bits/byte
-    assert stats.nats_to_bpb(2.0, 1000, 2500) == pytest.approx(2.0 / math.log(2) * 0.4, rel=1e-12)
-    assert stats.nats_to_bpb(2.0, 1000, 2500) == pytest.approx(1.1541560327, rel=1e-9)
-    assert stats.bpb_to_nats(stats.nats_to_bpb(1.7, 123, 456), 123, 456) == pytest.approx(1.7, rel=1e-12)
-    with pytest.raises(ValueError):
-        stats.nats_to_bpb(1.0, 10, 0)
-
-
 def test_mean_std():
     assert stats.mean([1, 2, 3, 4]) == 2.5
     assert stats.std([1, 2, 3, 4]) == pytest.approx(math.sqrt(5 / 3))  # ddof=1
