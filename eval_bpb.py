@@ -55,23 +55,6 @@ def audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def init_distributed(device: str) -> tuple[int, int, bool]:
-    """(rank, world_size, we_initialised) from torchrun's environment: NCCL on CUDA, gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, False
-    import torch
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size(), True
-
-
 @main_guard
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
@@ -81,10 +64,12 @@ def main(argv: list[str] | None = None) -> None:
         raise GolfError("--artifact PATH is required (the .ptz written by quantize.py)")
     if not args.data_path:
         raise GolfError("--data-path DIR is required (or set DATA_PATH), e.g. data/datasets/shakespeare_sp1024")
+    from golf.core.dist import setup, teardown
     from golf.eval.report import plot_bpb_vs_position, summary, write_report
     from golf.eval.score import score
 
-    rank, world, owned = init_distributed(args.device)
+    d = setup(args.device, "--device")
+    rank, world = d.rank, d.world_size
     try:
         rep = score(
             args.artifact, args.data_path, seq_len=args.seq_len, stride=args.stride,
@@ -101,10 +86,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.plot and plot_bpb_vs_position(rep, args.plot):
                 print(f"wrote {args.plot}")
     finally:
-        if owned:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        teardown(d)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,11 @@ import numpy as np
 import torch
 
 from golf.core.config import load_config
+from golf.core.dist import pick_device
 from golf.core.utils import atomic_write_json, device_description, git_commit, main_guard, package_versions
 from golf.data.bpb import Luts, build_luts
 from golf.data.folder import load_data_tokenizer, load_split
-from golf.eval.score import _pick_device, evaluate_bpb
+from golf.eval.score import evaluate_bpb
 from golf.model.gpt import GPT, count_params
 
 CHALLENGE_VAL_TOKENS = 62_000_000
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
     h = load_config(["--preset", args.preset], env={})
-    dev = _pick_device(args.device)
+    dev = pick_device(args.device, "--device")
     cuda = dev.type == "cuda"
     seq = args.seq_len or h.eval_seq_len
     bw = args.batch_windows or (128 if cuda else 4)

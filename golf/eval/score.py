@@ -33,12 +33,11 @@ import torch
 from torch import Tensor
 
 from golf.compress.artifact import load_artifact
+from golf.core.dist import pick_device
 from golf.core.utils import GolfError
 from golf.data.bpb import bits_per_byte, build_luts, token_bytes
 from golf.data.folder import load_data_tokenizer, load_split, read_manifest
 from golf.eval.report import build_report
-
-
 
 # ---------------------------------------------------------------------------------------------
 # the window plan (shared by the fast path and the reference)
@@ -385,21 +384,6 @@ def check_artifact_matches_data(artifact: str, meta: dict[str, Any], data_path: 
     return manifest
 
 
-def _pick_device(device: str) -> torch.device:
-    import os
-
-    if device in ("", "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    d = torch.device(device)
-    if d.type == "cuda":
-        if not torch.cuda.is_available():
-            raise GolfError("--device cuda but no CUDA device is visible; use --device cpu")
-        if d.index is None:
-            d = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(d)
-    return d
-
-
 @dataclass
 class SlidingWindow:
     """The default evaluation strategy: every token scored once, with up to seq_len - stride tokens
@@ -438,7 +422,7 @@ def score(
     folder, evaluate its val split with `strategy` (default: SlidingWindow with the artifact's
     EVAL_SEQ_LEN / EVAL_STRIDE / EVAL_BATCH_WINDOWS, each overridable here). Returns the JSON report."""
     artifact, data_path = str(artifact), str(data_path)
-    dev = _pick_device(device)
+    dev = pick_device(device, "--device")
     model, meta = load_artifact(artifact, device=dev)
     manifest = check_artifact_matches_data(artifact, meta, data_path)
     d = _eval_defaults(meta)

@@ -16,11 +16,12 @@ import torch.distributed as dist
 
 from golf.compress.export import export, load_checkpoint, model_from_checkpoint
 from golf.core.config import Hyperparameters
+from golf.core.dist import Dist, teardown
 from golf.core.utils import GolfError
 from golf.data.loader import TokenLoader
 from golf.eval.report import plot_bpb_vs_position, summary, write_report
 from golf.eval.score import score
-from golf.train.trainer import Dist, run_training, setup_distributed
+from golf.train.trainer import run_training, setup_distributed
 
 
 def calibration_batches(h: Hyperparameters, batches: int = 8, seqs: int = 8) -> Iterator[torch.Tensor]:
@@ -91,5 +92,4 @@ def run(h: Hyperparameters) -> dict[str, Any]:
             print(summary(rep), flush=True)
         return {**summary_, "size": size, "eval": rep}
     finally:
-        if d.on and dist.is_initialized():
-            dist.destroy_process_group()
+        teardown(d)

@@ -18,12 +18,11 @@ import contextlib
 import copy
 import json
 import math
-import os
 import re
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,6 +33,7 @@ from torch import nn
 
 from golf.compress.quant import clip_ratios, estimate_artifact_bytes, quant_plan
 from golf.core.config import BYTES_CAP
+from golf.core.dist import Dist, setup, teardown
 from golf.core.utils import (GolfError, RunLog, atomic_path, atomic_write_json, compile_stats, device_description,
                              git_commit)
 from golf.data.bpb import bits_per_byte, build_luts, token_bytes
@@ -55,46 +55,15 @@ MICRO_TOKENS = {"cuda": 98304, "cpu": 8192}
 # setup
 
 
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def master(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def on(self) -> bool:
-        return self.world_size > 1
-
-
 def setup_distributed(h) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    want = h.device
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    if want == "cuda" and not torch.cuda.is_available():
-        raise GolfError("DEVICE=cuda but no CUDA device is visible; use DEVICE=cpu or DEVICE=auto")
-    if want not in ("cpu", "cuda"):
+    if h.device not in ("auto", "cpu", "cuda"):
         raise GolfError(f"DEVICE={h.device!r}: use auto, cpu or cuda")
-    if want == "cpu" and str(h.flex_attention).lower() == "on" and "swa" in layer_mixers(h.model_config()):
+    on_cpu = h.device == "cpu" or (h.device == "auto" and not torch.cuda.is_available())
+    if on_cpu and str(h.flex_attention).lower() == "on" and "swa" in layer_mixers(h.model_config()):
         # torch's flex_attention has no CPU backward (2.11 and 2.13 alike): fail before compiling
         raise GolfError("FLEX_ATTENTION=on trains only on CUDA (flex_attention has no CPU backward); "
                         "use FLEX_ATTENTION=auto or off on CPU")
-    device = torch.device(f"cuda:{local}") if want == "cuda" else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers outside autocast (the baseline does too)
-        torch.backends.cudnn.allow_tf32 = True
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                **({"device_id": device} if device.type == "cuda" else {}))
-    return Dist(rank, world, local, device)
+    return setup(h.device, "DEVICE", tf32=True)
 
 
 def batch_layout(h, world_size: int, device_type: str) -> tuple[int, int]:
@@ -299,8 +268,7 @@ def train(h) -> dict[str, Any]:
     try:
         return run_training(h, d, t_start)
     finally:
-        if d.on and dist.is_initialized():
-            dist.destroy_process_group()
+        teardown(d)
 
 
 def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
