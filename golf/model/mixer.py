@@ -135,6 +135,11 @@ class ModelMechanism(nn.Module):
     def enabled(cls, cfg: GPTConfig) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @classmethod
+    def technique(cls, cfg: GPTConfig) -> str:
+        """One line for a record's technique list, when enabled(cfg)."""
+        return cls.name.replace("_", " ")
+
     # positions prepended to every sequence by prefix(); they are visible to every real token,
     # carry no loss and are stripped before the logits
     num_prefix: int = 0

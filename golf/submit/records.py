@@ -27,9 +27,10 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from golf.core.config import BYTES_CAP, load_config
+from golf.core.config import BYTES_CAP, GPTConfig, load_config
 from golf.core.utils import GolfError, atomic_write_bytes, sha256_file
 from golf.data.folder import SPLITS, read_manifest, split_tokens
+from golf.model.mechanisms import MECHANISMS
 
 ABLATIONS_TRACK = "ablations"
 CHALLENGE_TRACK = "track_10min_16mb"
@@ -104,16 +105,12 @@ def techniques(cfg: dict[str, Any]) -> list[str]:
         + (f" / {kv} KV heads (GQA)" if kv and kv != g("num_heads") else "")
         + f", relu^2 MLP {g('mlp_mult')}x, vocab {g('vocab_size')}, seq {g('train_seq_len')}"
     )
-    if g("unique_layers"):
-        out.append(f"weight-tied depth: {g('unique_layers')} unique blocks run as {layers} layers")
     mixers = [m.strip() for m in (g("mixers") or "").split(",") if m.strip()]
     if mixers and set(mixers) != {"attn"}:
         counts = {m: mixers.count(m) for m in dict.fromkeys(mixers)}
         out.append("sequence mixers: " + ", ".join(f"{n}x {m}" for m, n in counts.items()) + f" ({g('mixers')})")
-    if g("num_memory_tokens"):
-        out.append(f"{g('num_memory_tokens')} memory tokens (learned, prepended to every sequence)")
-    if g("persistent_memory"):
-        out.append(f"persistent memory: {g('persistent_memory')} learned K/V slots per attention layer")
+    model = GPTConfig.from_dict({k: v for k, v in cfg.items() if k in GPTConfig.__dataclass_fields__}, "config")
+    out += [m.technique(model) for m in MECHANISMS.values() if m.enabled(model)]  # each mechanism's own words
     if g("bigram_vocab_size"):
         out.append(f"BigramHash embedding {g('bigram_vocab_size')}x{g('bigram_dim')}")
     if g("smear_gate"):

@@ -57,6 +57,11 @@ def test_techniques_follow_the_config():
     mixed = dict(rec, mixers="attn,stream,attn,stream,attn,attn,attn,attn,attn,deltanet", mtp_num_heads=2)
     t = "\n".join(R.techniques(mixed))
     assert "2x stream" in t and "1x deltanet" in t and "2 MTP" in t
+    # mechanism lines come from the mechanisms themselves (golf/model/mechanisms/), one each when on
+    t = R.techniques(dict(rec, persistent_memory=6, unique_layers=5))
+    assert "persistent memory: 6 learned K/V slots per attention layer" in t
+    assert "weight-tied depth: 5 unique blocks run as 10 layers" in t
+    assert sum("memory tokens" in line for line in t) == 1
 
 
 def test_reproduce_command_lists_only_non_default_settings():

@@ -21,6 +21,10 @@ class MemoryTokens(ModelMechanism):
     def enabled(cls, cfg: GPTConfig) -> bool:
         return int(cfg.num_memory_tokens) > 0
 
+    @classmethod
+    def technique(cls, cfg: GPTConfig) -> str:
+        return f"{cfg.num_memory_tokens} memory tokens (learned, prepended to every sequence)"
+
     def __init__(self, cfg: GPTConfig):
         super().__init__(cfg)
         self.num_prefix = int(cfg.num_memory_tokens)

@@ -32,6 +32,10 @@ class PersistentMemory(ModelMechanism):
     def enabled(cls, cfg: GPTConfig) -> bool:
         return int(cfg.persistent_memory) > 0
 
+    @classmethod
+    def technique(cls, cfg: GPTConfig) -> str:
+        return f"persistent memory: {cfg.persistent_memory} learned K/V slots per attention layer"
+
     def __init__(self, cfg: GPTConfig):
         super().__init__(cfg)
         n, s = num_attention_modules(cfg), int(cfg.persistent_memory)

@@ -22,6 +22,10 @@ class WeightTiedDepth(ModelMechanism):
         k = int(cfg.unique_layers)
         return 0 < k
 
+    @classmethod
+    def technique(cls, cfg: GPTConfig) -> str:
+        return f"weight-tied depth: {cfg.unique_layers} unique blocks run as {cfg.num_layers} layers"
+
     def __init__(self, cfg: GPTConfig):
         super().__init__(cfg)
         self.unique = int(cfg.unique_layers)
