@@ -53,18 +53,18 @@ train: install
 	$(PY) train_gpt.py
 
 train-and-submit: install
-	$(PY) -m golf.submit.pipeline submit $(if $(NAME),--name "$(NAME)") $(if $(PRESET),--preset $(PRESET)) \
+	$(PY) -m golf.submit.cli submit $(if $(NAME),--name "$(NAME)") $(if $(PRESET),--preset $(PRESET)) \
 	    $(if $(SEEDS),--seeds $(SEEDS)) $(if $(TRACK),--track $(TRACK))
 
 ablate: install
-	$(PY) -m golf.submit.pipeline ablate --name "$(NAME)" --a "$(A)" --b "$(B)" $(if $(SEEDS),--seeds $(SEEDS)) \
+	$(PY) -m golf.submit.cli ablate --name "$(NAME)" --a "$(A)" --b "$(B)" $(if $(SEEDS),--seeds $(SEEDS)) \
 	    $(if $(PRESET),--preset $(PRESET))
 
 leaderboard: install
 	$(PY) -m golf.submit.leaderboard
 
 verify: install
-	$(PY) -m golf.submit.pipeline verify --record "$(RECORD)" $(if $(ARTIFACT),--artifact "$(ARTIFACT)")
+	$(PY) -m golf.submit.cli verify --record "$(RECORD)" $(if $(ARTIFACT),--artifact "$(ARTIFACT)")
 
 bundle: install
 	$(PY) -m golf.compress.bundle $(if $(RECORD),--record "$(RECORD)")

@@ -1,4 +1,4 @@
-"""golf.submit.pipeline with fake stages (fast): records, A/B, cache, verify, bad input, interruption.
+"""golf.submit (pipeline, ablate, verify, runs, settings, cli) with fake stages (fast): records, A/B, cache, verify, bad input, interruption.
 
 The fake stages honour the same file contracts as train_gpt.py / quantize.py / eval_bpb.py, and
 their 'loss' depends on the settings they receive through the environment, so the tests also check
@@ -16,18 +16,23 @@ import numpy as np
 import pytest
 from datakit import token_folder
 
-from golf.core.config import load_config
+from golf.core.config import Hyperparameters, load_config
 from golf.core.utils import GolfError, today
 from golf.data.folder import split_tokens
 from golf.data.tokenizer import ByteTokenizer
+from golf.submit import ablate as AB
+from golf.submit import cli as CLI
 from golf.submit import leaderboard as L
 from golf.submit import pipeline as P
 from golf.submit import records as R
+from golf.submit import runs as RU
+from golf.submit import settings as SE
+from golf.submit import verify as VE
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-class FakeStages(P.Stages):
+class FakeStages(RU.Stages):
     echo = False
     extra_train_tokens = 0  # > 0: the 'loader' reads more than the train split (the issue-13 leak)
 
@@ -57,7 +62,7 @@ class FakeStages(P.Stages):
         seed = int(env["SEED"])
         # loss depends on settings passed through the environment
         loss = 3.0 - 0.05 * int(env["NUM_LAYERS"]) + 0.01 * (seed % 5) - 0.02 * (int(env["NUM_MEMORY_TOKENS"]) > 0)
-        cfg = {k.lower(): v for k, v in env.items() if k.lower() in P.Hyperparameters.__dataclass_fields__}
+        cfg = {k.lower(): v for k, v in env.items() if k.lower() in Hyperparameters.__dataclass_fields__}
         (run_dir / "final.pt").write_text(json.dumps({"loss": loss}))
         train_tokens = split_tokens(env["DATA_PATH"], "train") + self.extra_train_tokens
         (run_dir / "train.log").write_text("# fake\nconfig:" + json.dumps(cfg) + f"\ntrain_tokens:{train_tokens}\n"
@@ -89,13 +94,14 @@ class FakeStages(P.Stages):
 def ws(tmp_path, monkeypatch):
     """Work in a temp folder (runs/, records/, data/ relative), with the default data prepared."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(P, "device_description", lambda: "cpu (2 cores, x86_64)")
+    for mod in (P, AB):  # the hardware a record names
+        monkeypatch.setattr(mod, "device_description", lambda: "cpu (2 cores, x86_64)")
     # The real code version hashes uncommitted edits, which change under parallel development.
-    monkeypatch.setattr(P, "code_version", lambda: "c0ffee")
+    monkeypatch.setattr(RU, "code_version", lambda: "c0ffee")
     for k in list(os.environ):
         if k in ("PRESET", "SEED", "NUM_LAYERS", "NPROC"):
             monkeypatch.delenv(k)
-    tiny_folder(tmp_path / P.DEFAULT_DATA_PATH)
+    tiny_folder(tmp_path / RU.DEFAULT_DATA_PATH)
     return tmp_path
 
 
@@ -136,10 +142,10 @@ def test_submit_writes_a_complete_valid_record(ws):
 def test_leaderboard_invalidates_records_whose_runs_read_val_in_training(ws):
     ok = submit(FakeStages(), name="honest", seeds="1")
     leaky = FakeStages()
-    leaky.extra_train_tokens = split_tokens(P.DEFAULT_DATA_PATH, "val")
+    leaky.extra_train_tokens = split_tokens(RU.DEFAULT_DATA_PATH, "val")
     bad = submit(leaky, name="leaky", seeds="2,3")  # seed 1 would come from the run cache
     sub = json.loads((ok / "submission.json").read_text())
-    stored = ws / "records" / R.MANIFESTS / Path(P.DEFAULT_DATA_PATH).name / f"{sub['data']['manifest_sha256']}.json"
+    stored = ws / "records" / R.MANIFESTS / Path(RU.DEFAULT_DATA_PATH).name / f"{sub['data']['manifest_sha256']}.json"
     assert stored.is_file() and sub["data"]["split_tokens"] == {"train": 256, "val": 100}
     valid, invalid, _ = L.scan(ws / "records")
     assert [s["name"] for rows in valid.values() for s in rows] == ["honest"]
@@ -147,15 +153,15 @@ def test_leaderboard_invalidates_records_whose_runs_read_val_in_training(ws):
     why = "; ".join(invalid[0][1])
     assert "train_seed2.log, train_seed3.log: training read 356 tokens, train 256 + val 100" in why
     # a record whose pinned manifest is not stored is checked against a stored one of the same folder
-    shutil.rmtree(Path(P.DEFAULT_DATA_PATH))
-    tiny_folder(Path(P.DEFAULT_DATA_PATH))
-    (Path(P.DEFAULT_DATA_PATH) / "manifest.json").write_text(
-        (Path(P.DEFAULT_DATA_PATH) / "manifest.json").read_text() + "\n")  # another sha, same splits
+    shutil.rmtree(Path(RU.DEFAULT_DATA_PATH))
+    tiny_folder(Path(RU.DEFAULT_DATA_PATH))
+    (Path(RU.DEFAULT_DATA_PATH) / "manifest.json").write_text(
+        (Path(RU.DEFAULT_DATA_PATH) / "manifest.json").read_text() + "\n")  # another sha, same splits
     stored.rename(stored.with_name("0" * 64 + ".json"))
     _, invalid, _ = L.scan(ws / "records")
     assert [f.name for f, _ in invalid] == [bad.name] and "is not stored; same data folder" in invalid[0][1][0]
     # and an ablation whose runs leaked is listed invalid, not in the ablations table
-    ab = P.ablate(name="leakab", a="", b="NUM_LAYERS=3", seeds="2,3", stages=leaky,
+    ab = AB.ablate(name="leakab", a="", b="NUM_LAYERS=3", seeds="2,3", stages=leaky,
                   records_dir="records", preset="tiny")
     _, invalid, ablations = L.scan(ws / "records")
     assert ab.name in [f.name for f, _ in invalid] and not ablations
@@ -204,7 +210,7 @@ def test_oversize_artifact_is_refused(ws):
 def test_missing_default_data_is_prepared(ws):
     import shutil
 
-    shutil.rmtree(ws / P.DEFAULT_DATA_PATH)
+    shutil.rmtree(ws / RU.DEFAULT_DATA_PATH)
     st = FakeStages()
     submit(st, name="d", track="t")
     assert st.calls[0][0] == "prepare"
@@ -219,32 +225,32 @@ def test_unknown_preset_and_setting_suggest_close_names(ws):
     with pytest.raises(GolfError, match="did you mean tiny"):
         submit(FakeStages(), name="p", preset="tiyn")
     with pytest.raises(GolfError, match="NUM_LAYERS"):
-        P.parse_settings("NUM_LAYER=3", "A")
+        SE.parse_settings("NUM_LAYER=3", "A")
     with pytest.raises(GolfError, match="not a valid int"):
-        P.parse_settings("NUM_LAYERS=three", "B")
+        SE.parse_settings("NUM_LAYERS=three", "B")
     with pytest.raises(GolfError, match="NAME=VALUE"):
-        P.parse_settings("NUM_LAYERS", "B")
+        SE.parse_settings("NUM_LAYERS", "B")
     with pytest.raises(GolfError, match="NUM_LAYERS"):
-        P.main(["submit", "--num-layerz", "3"])
+        CLI.main(["submit", "--num-layerz", "3"])
 
 
 def test_parse_settings_and_seeds():
-    assert P.parse_settings("NUM_LAYERS=3 SMEAR_GATE=0 MIXERS='attn,stream'", "A") == {
+    assert SE.parse_settings("NUM_LAYERS=3 SMEAR_GATE=0 MIXERS='attn,stream'", "A") == {
         "num_layers": 3, "smear_gate": False, "mixers": "attn,stream"}
-    assert P.parse_settings("", "A") == {}
-    assert P.parse_seeds("1,2,3", 0) == [1, 2, 3]
-    assert P.parse_seeds(None, 42) == [42]
-    assert P.parse_seeds("7", 0) == [7]
-    assert P.parse_seeds("3", 0, count_ok=True) == [1, 2, 3]
+    assert SE.parse_settings("", "A") == {}
+    assert SE.parse_seeds("1,2,3", 0) == [1, 2, 3]
+    assert SE.parse_seeds(None, 42) == [42]
+    assert SE.parse_seeds("7", 0) == [7]
+    assert SE.parse_seeds("3", 0, count_ok=True) == [1, 2, 3]
     with pytest.raises(GolfError):
-        P.parse_seeds("1,1", 0)
+        SE.parse_seeds("1,1", 0)
     with pytest.raises(GolfError):
-        P.parse_seeds("a,b", 0)
+        SE.parse_seeds("a,b", 0)
 
 
 def test_ablate_records_both_arms_and_reuses_cached_a(ws):
     st = FakeStages()
-    dest = P.ablate("memtok", "NUM_MEMORY_TOKENS=0", "NUM_MEMORY_TOKENS=8", seeds="1,2,3", preset="tiny",
+    dest = AB.ablate("memtok", "NUM_MEMORY_TOKENS=0", "NUM_MEMORY_TOKENS=8", seeds="1,2,3", preset="tiny",
                     records_dir="records", stages=st)
     assert dest.resolve().parent == ws / "records" / "ablations"
     rec = json.loads((dest / "ablation.json").read_text())
@@ -263,7 +269,7 @@ def test_ablate_records_both_arms_and_reuses_cached_a(ws):
 
     # Second ablation against the same A arm: A is reused from the cache, B is trained.
     st2 = FakeStages()
-    dest2 = P.ablate("layers", "NUM_MEMORY_TOKENS=0", "NUM_MEMORY_TOKENS=0 NUM_LAYERS=5", seeds="1,2,3",
+    dest2 = AB.ablate("layers", "NUM_MEMORY_TOKENS=0", "NUM_MEMORY_TOKENS=0 NUM_LAYERS=5", seeds="1,2,3",
                      preset="tiny", records_dir="records", stages=st2)
     assert len(st2.trained()) == 3
     rec2 = json.loads((dest2 / "ablation.json").read_text())
@@ -273,23 +279,23 @@ def test_ablate_records_both_arms_and_reuses_cached_a(ws):
     assert (dest2 / "A_train_seed2.log").is_file()  # reused runs still bring their logs
 
     with pytest.raises(GolfError, match="already exists"):
-        P.ablate("layers", "", "NUM_LAYERS=5", preset="tiny", records_dir="records", stages=FakeStages())
+        AB.ablate("layers", "", "NUM_LAYERS=5", preset="tiny", records_dir="records", stages=FakeStages())
 
 
 def test_ablate_rejects_typo_before_training(ws):
     st = FakeStages()
     with pytest.raises(GolfError, match="SMEAR_GATE"):
-        P.ablate("x", "", "SMEAR_GATES=0", preset="tiny", records_dir="records", stages=st)
+        AB.ablate("x", "", "SMEAR_GATES=0", preset="tiny", records_dir="records", stages=st)
     assert st.calls == []
 
 
 def test_cache_key_depends_on_config_seed_and_code():
-    h1 = P.resolve_config("tiny", {}, 1, "a")
-    h2 = P.resolve_config("tiny", {}, 1, "b")  # run id does not matter
-    assert P.cache_key(h1, "c1") == P.cache_key(h2, "c1")
-    assert P.cache_key(h1, "c1") != P.cache_key(h1, "c2")
-    assert P.cache_key(h1, "c1") != P.cache_key(P.resolve_config("tiny", {}, 2, "a"), "c1")
-    assert P.cache_key(h1, "c1") != P.cache_key(P.resolve_config("tiny", {"num_layers": 2}, 1, "a"), "c1")
+    h1 = SE.resolve_config("tiny", {}, 1, "a")
+    h2 = SE.resolve_config("tiny", {}, 1, "b")  # run id does not matter
+    assert RU.cache_key(h1, "c1") == RU.cache_key(h2, "c1")
+    assert RU.cache_key(h1, "c1") != RU.cache_key(h1, "c2")
+    assert RU.cache_key(h1, "c1") != RU.cache_key(SE.resolve_config("tiny", {}, 2, "a"), "c1")
+    assert RU.cache_key(h1, "c1") != RU.cache_key(SE.resolve_config("tiny", {"num_layers": 2}, 1, "a"), "c1")
 
 
 def test_code_version_ignores_committed_records_but_not_code(tmp_path, monkeypatch):
@@ -300,83 +306,84 @@ def test_code_version_ignores_committed_records_but_not_code(tmp_path, monkeypat
                        capture_output=True)
 
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # never find a repository above
-    assert P.code_version(tmp_path) is None  # not a repository: no cache rather than a wrong hit
+    assert RU.code_version(tmp_path) is None  # not a repository: no cache rather than a wrong hit
     (tmp_path / "golf").mkdir()
     (tmp_path / "golf" / "m.py").write_text("x = 1\n")
     git("init", "-q")
     git("add", ".")
     git("commit", "-qm", "code")
-    v0 = P.code_version(tmp_path)
+    v0 = RU.code_version(tmp_path)
     assert v0 is not None
 
     (tmp_path / "records" / "r1").mkdir(parents=True)
     (tmp_path / "records" / "r1" / "README.md").write_text("a record\n")
-    assert P.code_version(tmp_path) == v0  # an untracked record
+    assert RU.code_version(tmp_path) == v0  # an untracked record
     git("add", ".")
     git("commit", "-qm", "record")
-    assert P.code_version(tmp_path) == v0  # a committed record: HEAD moved, the code did not
+    assert RU.code_version(tmp_path) == v0  # a committed record: HEAD moved, the code did not
 
     (tmp_path / "golf" / "m.py").write_text("x = 2\n")
-    v_dirty = P.code_version(tmp_path)
+    v_dirty = RU.code_version(tmp_path)
     assert v_dirty != v0
     git("commit", "-qam", "edit")
-    v1 = P.code_version(tmp_path)
+    v1 = RU.code_version(tmp_path)
     assert v1 not in (v0, None)
     (tmp_path / "golf" / "new.py").write_text("y = 1\n")  # a new module, not yet added
-    v_new = P.code_version(tmp_path)
+    v_new = RU.code_version(tmp_path)
     assert v_new != v1
     (tmp_path / "golf" / "new.py").write_text("y = 2\n")
-    assert P.code_version(tmp_path) != v_new
+    assert RU.code_version(tmp_path) != v_new
 
 
 def test_verify_artifact_and_rebuild(ws, monkeypatch, capsys):
     dest = submit(FakeStages(), name="v", seeds="1,2", track="t")
     art = next((ws / "runs").glob("v_*_s1")) / "model.ptz"
-    assert P.verify(dest, artifact=art, stages=FakeStages()) is True
+    assert VE.verify(dest, artifact=art, stages=FakeStages()) is True
     assert "VERIFIED" in capsys.readouterr().out
     # a claim that the artifact does not reproduce fails
     sub = json.loads((dest / "submission.json").read_text())
     sub["seed_results"][0]["val_bpb"] -= 0.01
     sub["val_bpb"] = (sub["seed_results"][0]["val_bpb"] + sub["seed_results"][1]["val_bpb"]) / 2
     (dest / "submission.json").write_text(json.dumps(sub))
-    assert P.verify(dest, artifact=art, stages=FakeStages()) is False
+    assert VE.verify(dest, artifact=art, stages=FakeStages()) is False
     # rebuild: needs the record's commit
-    monkeypatch.setattr(P, "git_commit", lambda: "0" * 40)
+    monkeypatch.setattr(VE, "git_commit", lambda: "0" * 40)
     with pytest.raises(GolfError, match="git checkout"):
-        P.verify(dest, stages=FakeStages())
-    monkeypatch.setattr(P, "git_commit", lambda: sub["commit"])
+        VE.verify(dest, stages=FakeStages())
+    monkeypatch.setattr(VE, "git_commit", lambda: sub["commit"])
     if sub["commit"].endswith("+dirty"):
         with pytest.raises(GolfError, match="clean tree"):
-            P.verify(dest, stages=FakeStages())
+            VE.verify(dest, stages=FakeStages())
         sub["commit"] = sub["commit"].replace("+dirty", "")
         (dest / "submission.json").write_text(json.dumps(sub))
-        monkeypatch.setattr(P, "git_commit", lambda: sub["commit"])
+        monkeypatch.setattr(VE, "git_commit", lambda: sub["commit"])
     st = FakeStages()
-    assert P.verify(dest, seeds="2", stages=st) is True  # seed 2's claim is untouched; tolerance 0.01
+    assert VE.verify(dest, seeds="2", stages=st) is True  # seed 2's claim is untouched; tolerance 0.01
     assert [c[2] for c in st.trained()] == [2]
-    assert P.verify(dest, seeds="1", stages=FakeStages(), tolerance=0.001) is False
+    assert VE.verify(dest, seeds="1", stages=FakeStages(), tolerance=0.001) is False
 
 
 def test_run_command_passes_env_logs_and_reports_failure(tmp_path):
     log = tmp_path / "l.log"
     env = {**os.environ, "GOLF_TEST_VALUE": "hello"}
-    P.run_command([sys.executable, "-c", "import os; print(os.environ['GOLF_TEST_VALUE'])"], env, log, echo=False)
+    RU.run_command([sys.executable, "-c", "import os; print(os.environ['GOLF_TEST_VALUE'])"], env, log, echo=False)
     assert "hello" in log.read_text()
     with pytest.raises(GolfError, match="exit code 3") as e:
-        P.run_command([sys.executable, "-c", "print('the last words'); raise SystemExit(3)"], env, log, echo=False)
+        RU.run_command([sys.executable, "-c", "print('the last words'); raise SystemExit(3)"], env, log, echo=False)
     assert "the last words" in str(e.value) and str(log) in str(e.value)
 
 
 def test_config_env_round_trips_through_load_config():
-    h = P.resolve_config("tiny", {"num_layers": 3, "smear_gate": False, "mixers": ""}, 5, "r1")
-    env = P.config_env(h, base={})
+    h = SE.resolve_config("tiny", {"num_layers": 3, "smear_gate": False, "mixers": ""}, 5, "r1")
+    env = SE.config_env(h, base={})
     h2 = load_config(argv=[], env=env)
     assert h2.to_dict() == h.to_dict()
 
 
 def test_ablate_cli_end_to_end_with_fake_stages(ws, monkeypatch):
-    monkeypatch.setattr(P, "Stages", FakeStages)
-    assert P.main(["ablate", "--name", "cli", "--a", "", "--b", "NUM_LAYERS=5", "--seeds", "2", "--preset", "tiny"]) == 0
+    for mod in (P, AB, VE):
+        monkeypatch.setattr(mod, "Stages", FakeStages)
+    assert CLI.main(["ablate", "--name", "cli", "--a", "", "--b", "NUM_LAYERS=5", "--seeds", "2", "--preset", "tiny"]) == 0
     rec = json.loads(next((ws / "records" / "ablations").glob("*_cli/ablation.json")).read_text())
     assert rec["seeds"] == [1, 2]  # SEEDS=2 on an ablation is a count
 
@@ -421,7 +428,7 @@ def test_end_to_end_real_stages(tmp_path, monkeypatch):
                 "num_layers": 1, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1, "rope_dims": 0,
                 "train_seq_len": 64, "train_batch_tokens": 512, "num_memory_tokens": 2, "bigram_vocab_size": 64,
                 "bigram_dim": 8, "val_max_tokens": 2048, "eval_stride": 32, "compile_warmup_steps": 0}
-    stages = P.Stages()
+    stages = RU.Stages()
     stages.echo = False
     dest = P.submit(name="e2e", preset="tiny", settings=settings, records_dir="records", stages=stages, use_cache=False)
     sub, problems = R.validate_record(dest)
@@ -431,4 +438,4 @@ def test_end_to_end_real_stages(tmp_path, monkeypatch):
     assert r0["val_bpb_roundtrip_nonsliding"] is not None
     assert sub["config"]["model_dim"] == 32 and sub["config"]["vocab_size"] == vocab
     art = next((tmp_path / "runs").glob("e2e_*")) / "model.ptz"
-    assert P.verify(dest, artifact=art, stages=stages)
+    assert VE.verify(dest, artifact=art, stages=stages)

@@ -1,0 +1,69 @@
+"""The pipeline's command line:
+
+    python -m golf.submit.cli submit [--name N] [--preset P] [--seeds 1,2,3] [--track T] [--author A] ...
+    python -m golf.submit.cli ablate --name N --a "ENV=.. ENV=.." --b "ENV=.." [--seeds 1,2,3] [--preset P]
+    python -m golf.submit.cli verify --record DIR [--artifact PATH] [--seeds S] [--tolerance X]
+
+Training settings come from the environment under the challenge's names (`make train-and-submit
+NUM_LAYERS=10`) or extra flags (`--num-layers 10`)."""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Sequence
+
+from golf.core.utils import GolfError, main_guard
+from golf.submit.ablate import ablate
+from golf.submit.pipeline import submit
+from golf.submit.settings import settings_from
+from golf.submit.verify import verify
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m golf.submit.cli", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    ps = sub.add_parser("submit", help="train -> quantise -> size check -> eval -> record")
+    ps.add_argument("--name")
+    ps.add_argument("--preset")
+    ps.add_argument("--seeds", help="comma-separated, e.g. 1,2,3 (default: SEED)")
+    ps.add_argument("--track")
+    ps.add_argument("--author", default=os.environ.get("AUTHOR"))
+    ps.add_argument("--github-id", default=os.environ.get("GITHUB_ID"))
+    ps.add_argument("--blurb", default=os.environ.get("BLURB"))
+    ps.add_argument("--records", default="records")
+    ps.add_argument("--fresh", action="store_true", help="do not reuse cached runs")
+    pa = sub.add_parser("ablate", help="paired A/B on the same seeds")
+    pa.add_argument("--name", required=True)
+    pa.add_argument("--a", default="", help='settings of arm A, e.g. "NUM_MEMORY_TOKENS=0"')
+    pa.add_argument("--b", default="", help='settings of arm B, e.g. "NUM_MEMORY_TOKENS=64"')
+    pa.add_argument("--seeds", default="3", help="a count (3 = seeds 1,2,3) or a list 1,2,3")
+    pa.add_argument("--preset")
+    pa.add_argument("--records", default="records")
+    pa.add_argument("--fresh", action="store_true")
+    pv = sub.add_parser("verify", help="re-evaluate a record and check its claims")
+    pv.add_argument("--record", required=True)
+    pv.add_argument("--artifact")
+    pv.add_argument("--seeds", help="seeds to check (default: the first; 'all' for every seed)")
+    pv.add_argument("--tolerance", type=float, help="allowed |val_bpb diff| (default 1e-4 with --artifact, 0.01 rebuilt)")
+    pv.add_argument("--data-path")
+    args, extra = p.parse_known_args(argv)
+    if args.cmd == "verify":
+        if extra:
+            raise GolfError(f"verify takes no training settings ({' '.join(extra)}): the record's config is used")
+        return 0 if verify(args.record, args.artifact or None, args.seeds, args.tolerance, args.data_path) else 1
+    settings = settings_from(dict(os.environ), extra)
+    preset = args.preset or settings.pop("preset", None)  # --preset wins over a PRESET in the environment
+    settings.pop("preset", None)
+    if args.cmd == "submit":
+        submit(args.name or None, preset, args.seeds, args.track or None, args.author, args.github_id, args.blurb,
+               settings, args.records, use_cache=not args.fresh)
+
+    else:
+        if not args.name:
+            raise GolfError("ablate needs NAME=..., e.g. make ablate NAME=memtok A='NUM_MEMORY_TOKENS=0' B=''")
+        ablate(args.name, args.a, args.b, args.seeds, preset, settings, args.records, use_cache=not args.fresh)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_guard(main)())
