@@ -174,20 +174,6 @@ def read_json(p: Path) -> dict[str, Any]:
         return {}
 
 
-def logged_config(train_log: Path) -> dict[str, Any] | None:
-    """The `config:{...}` header line golf.core.utils.RunLog writes: the config the run actually used."""
-    try:
-        with open(train_log, encoding="utf-8", errors="replace") as f:
-            for i, line in enumerate(f):
-                if line.startswith("config:"):
-                    return json.loads(line[len("config:"):])
-                if i > 200:
-                    break
-    except (OSError, ValueError):
-        pass
-    return None
-
-
 def collect_result(h: Hyperparameters, run_dir: Path, wall: float) -> dict[str, Any]:
     """A seed's result from the files its run wrote: eval.json (score stage), size.json (export
     stage), metrics.json (training stage)."""
@@ -269,16 +255,13 @@ def run_seed(h: Hyperparameters, stages: Stages, use_cache: bool = True) -> Seed
     if not (run_dir / "eval.json").is_file():
         raise GolfError(f"the run finished but {run_dir / 'eval.json'} (its round-trip score) is missing; see {log}")
     result = collect_result(h, run_dir, wall)
-    cfg = h.to_dict()
-    logged = logged_config(run_dir / "train.log")
-    if logged:
-        try:  # typed through the dataclass; the log is what actually ran
-            cfg = from_dict(logged, f"{run_dir / 'train.log'} config").to_dict()
-        except GolfError as e:
-            say(f"warning: could not read the config logged by training ({e}); recording the resolved one")
-        diff = sorted(k for k in cfg if k not in ("run_id", "out_dir", "resume") and cfg[k] != h.to_dict().get(k))
-        if diff:
-            say(f"warning: training used settings that differ from the pipeline's: {', '.join(diff)}")
+    ran = read_json(run_dir / "metrics.json").get("config")
+    if not isinstance(ran, dict):
+        raise GolfError(f"{run_dir / 'metrics.json'} has no config: the run did not finish; see {log}")
+    cfg = from_dict(ran, f"{run_dir / 'metrics.json'} config").to_dict()  # what actually ran, typed
+    diff = sorted(k for k in cfg if k not in ("run_id", "out_dir", "resume") and cfg[k] != h.to_dict().get(k))
+    if diff:
+        say(f"warning: training used settings that differ from the pipeline's: {', '.join(diff)}")
     if entry_path is not None:
         atomic_write_json(entry_path, {"key": key, "code": code, "run_id": h.run_id, "run_dir": str(run_dir),
                                        "result": result, "config": cfg})

@@ -559,7 +559,9 @@ def _export_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _write_metrics(run_dir: Path, h, d: Dist, history: list, summary: dict) -> None:
-    atomic_write_json(run_dir / "metrics.json", {**summary, "run_id": h.run_id, "history": history})
+    # the config the run actually used: the pipeline records it from here (typed, not parsed from the log)
+    atomic_write_json(run_dir / "metrics.json", {**summary, "run_id": h.run_id, "config": h.to_dict(),
+                                                 "history": history})
 
 
 def _cpu_peak_mb() -> float:

@@ -69,6 +69,7 @@ class FakeStages(RU.Stages):
                                            f"step:10 train_loss:{loss + 1}\n")
         hist = [{"step": s, "train_loss": loss + 1 / s} for s in range(1, 11)]
         (run_dir / "metrics.json").write_text(json.dumps({"steps": 10, "train_seconds": 1.5, "history": hist,
+                                                          "config": cfg,
                                                           "val_bpb": loss / math.log(2) * 0.4 + 0.02}))
 
     def quantize(self, env, run_dir, log):

@@ -94,6 +94,7 @@ def test_resume_after_sigterm_is_identical(byte_data_dir, tmp_path):
     assert not any(k.startswith("mtp") for k in fa["state_dict"])
     m = json.loads((out / "ref" / "metrics.json").read_text())
     assert 0 < m["val_bpb"] < 8 and m["val_bpb"] == ref["val_bpb"]
+    assert m["config"]["run_id"] == "ref" and m["config"]["num_layers"] == TINY["num_layers"]  # what ran, typed
     assert m["history"][0]["train_loss"] > m["history"][TINY["iterations"] - 1]["train_loss"] + 0.5  # it learns
     text = (out / "ref" / "train.log").read_text()
     assert f"train_tokens:{read_manifest(byte_data_dir)['splits']['train']['tokens']} " in text  # the train split only
