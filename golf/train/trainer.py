@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import math
 import re
 import signal
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -271,6 +272,88 @@ def train(h) -> dict[str, Any]:
         teardown(d)
 
 
+@dataclass
+class Progress:
+    """Where a run stands: what a checkpoint saves and a resume restores."""
+
+    step: int = 0
+    elapsed: float = 0.0  # training seconds (warm-up and validation excluded)
+    qat_on: bool = False
+    history: list = field(default_factory=list)
+    last_ckpt: Path | None = None
+
+
+def budget_left(h, prog: Progress) -> bool:
+    if prog.step >= h.iterations:
+        return False
+    return not (h.max_wallclock_seconds > 0 and prog.elapsed >= h.max_wallclock_seconds)
+
+
+def warm_up(h, model, optimizers, fwd, params, stream, accum, amp, qat_plan, d: Dist, loader, log) -> float | None:
+    """Compile warm-up steps before the clock starts, then restore weights, optimizers, RNG and the
+    loader, so the run is the same as without them. Returns the last warm step's seconds."""
+    if h.compile_warmup_steps <= 0:
+        return None
+    init = (copy.deepcopy(model.state_dict()), [copy.deepcopy(o.state_dict()) for o in optimizers], rng_state())
+    n_warm, warm_step_s = h.compile_warmup_steps, None
+    for i in range(n_warm):
+        # compile the QAT variant too (second half), so the switch later costs no recompile
+        set_qat(model, qat_plan if (qat_plan and i >= max(1, n_warm // 2)) else 0)
+        t = time.perf_counter()
+        train_step(fwd, optimizers, params, stream, accum, amp, h.grad_clip_norm, d.on)
+        if d.device.type == "cuda":
+            torch.cuda.synchronize()
+        warm_step_s = time.perf_counter() - t
+    set_qat(model, 0)
+    model.load_state_dict(init[0])
+    for o, s in zip(optimizers, init[1]):
+        o.load_state_dict(s)
+    set_rng_state(init[2])
+    loader.batches_served = 0
+    log.kv(warmup_steps=n_warm, warmup_last_step_ms=1000 * warm_step_s)
+    return warm_step_s
+
+
+def resume(h, ckpt_path: Path, d: Dist, log, model, optimizers, ema, loader, plan) -> Progress:
+    """Restore everything ckpt.pt holds; refuse another architecture, warn on changed settings."""
+    ck = load_checkpoint(ckpt_path, map_location=d.device)
+    now = asdict(h.model_config())
+    if ck["model_config"] != now:
+        diff = {k: (ck["model_config"].get(k), v) for k, v in now.items() if ck["model_config"].get(k) != v}
+        raise GolfError(f"{ckpt_path} was trained with a different architecture {diff} (checkpoint, now); "
+                        "resume with the run's own settings")
+    changed = {k: v for k, v in h.to_dict().items() if k not in _RESUME_FREE and ck["config"].get(k) != v}
+    if changed:
+        log.write(f"warning: resuming with changed settings {json.dumps(changed, default=str)}")
+    model.load_state_dict(ck["model"])
+    for o, s in zip(optimizers, ck["optimizers"]):
+        o.load_state_dict(s)
+    if ema is not None and ck.get("ema") is not None:
+        ema.load_state_dict(ck["ema"])
+    loader.load_state_dict(ck["loader"])
+    set_rng_state(ck["rng"])
+    prog = Progress(ck["step"], ck["elapsed"], ck["qat_on"], ck["history"], ckpt_path)
+    if prog.qat_on:
+        set_qat(model, plan)
+    log.kv(resumed_from_step=prog.step, elapsed_s=prog.elapsed)
+    return prog
+
+
+def save_run(ckpt_path: Path, h, d: Dist, log, model, optimizers, ema, loader, prog: Progress, reason: str) -> Path:
+    """ckpt.pt: everything resume() restores (rank 0 writes, every rank waits)."""
+    state = {"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
+             "ema": ema.state_dict() if ema is not None else None, "loader": loader.state_dict(),
+             "rng": rng_state(), "step": prog.step, "elapsed": prog.elapsed, "qat_on": prog.qat_on,
+             "history": prog.history, "config": h.to_dict(), "model_config": asdict(h.model_config()),
+             "run_id": h.run_id}
+    if d.master:
+        save_checkpoint(ckpt_path, state)
+        log.kv(checkpoint=str(ckpt_path), step=prog.step, reason=reason)
+    if d.on:
+        dist.barrier()
+    return ckpt_path
+
+
 def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
     """Train on an already set-up device / process group (golf.train.run keeps it for scoring)."""
 
@@ -331,33 +414,12 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
         fwd = DDP(fwd, device_ids=[d.local_rank] if is_cuda else None, broadcast_buffers=False)
     model.train()
 
-    def batches() -> Iterator:
-        while True:
-            yield loader.next_batch(d.device)
-
-    stream = batches()
+    stream = iter(functools.partial(loader.next_batch, d.device), None)  # endless: next_batch never returns None
 
     # --- warm-up (compile) steps, then restore everything ---------------------------------------
-    warm_step_s = None
     graphs0 = compile_stats()  # process-wide counters: report this run's own graphs as differences
-    if h.compile_warmup_steps > 0:
-        init = (copy.deepcopy(model.state_dict()), [copy.deepcopy(o.state_dict()) for o in optimizers], rng_state())
-        n_warm = h.compile_warmup_steps
-        for i in range(n_warm):
-            # compile the QAT variant too (second half), so the switch later costs no recompile
-            set_qat(model, plan if (use_compile and plan and i >= max(1, n_warm // 2)) else 0)
-            t = time.perf_counter()
-            train_step(fwd, optimizers, params, stream, accum, amp, h.grad_clip_norm, d.on)
-            if is_cuda:
-                torch.cuda.synchronize()
-            warm_step_s = time.perf_counter() - t
-        set_qat(model, 0)
-        model.load_state_dict(init[0])
-        for o, s in zip(optimizers, init[1]):
-            o.load_state_dict(s)
-        set_rng_state(init[2])
-        loader.batches_served = 0
-        log.kv(warmup_steps=n_warm, warmup_last_step_ms=1000 * warm_step_s)
+    warm_step_s = warm_up(h, model, optimizers, fwd, params, stream, accum, amp, plan if use_compile else {}, d, loader,
+                          log)
     graphs_warm = compile_stats() if use_compile else {}
     if graphs_warm:
         log.kv(compile_graphs=graphs_warm["graphs"] - graphs0.get("graphs", 0),
@@ -365,42 +427,9 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
     ema = EMA(model) if h.ema else None
 
     # --- resume ----------------------------------------------------------------------------------
-    step, elapsed, qat_on, history, last_ckpt = 0, 0.0, False, [], None
-    if h.resume:
-        ck = load_checkpoint(ckpt_path, map_location=d.device)
-        now = asdict(h.model_config())
-        if ck["model_config"] != now:
-            diff = {k: (ck["model_config"].get(k), v) for k, v in now.items() if ck["model_config"].get(k) != v}
-            raise GolfError(f"{ckpt_path} was trained with a different architecture {diff} (checkpoint, now); "
-                            "resume with the run's own settings")
-        changed = {k: v for k, v in h.to_dict().items() if k not in _RESUME_FREE and ck["config"].get(k) != v}
-        if changed:
-            log.write(f"warning: resuming with changed settings {json.dumps(changed, default=str)}")
-        model.load_state_dict(ck["model"])
-        for o, s in zip(optimizers, ck["optimizers"]):
-            o.load_state_dict(s)
-        if ema is not None and ck.get("ema") is not None:
-            ema.load_state_dict(ck["ema"])
-        loader.load_state_dict(ck["loader"])
-        set_rng_state(ck["rng"])
-        step, elapsed, qat_on, history = ck["step"], ck["elapsed"], ck["qat_on"], ck["history"]
-        last_ckpt = ckpt_path
-        if qat_on:
-            set_qat(model, plan)
-        log.kv(resumed_from_step=step, elapsed_s=elapsed)
+    prog = resume(h, ckpt_path, d, log, model, optimizers, ema, loader, plan) if h.resume else Progress()
 
-    def save(reason: str) -> Path:
-        state = {"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
-                 "ema": ema.state_dict() if ema is not None else None, "loader": loader.state_dict(),
-                 "rng": rng_state(), "step": step, "elapsed": elapsed, "qat_on": qat_on, "history": history,
-                 "config": h.to_dict(), "model_config": asdict(h.model_config()), "run_id": h.run_id}
-        if d.master:
-            save_checkpoint(ckpt_path, state)
-            log.kv(checkpoint=str(ckpt_path), step=step, reason=reason)
-        if d.on:
-            dist.barrier()
-        return ckpt_path
-
+    ckpt = functools.partial(save_run, ckpt_path, h, d, log, model, optimizers, ema, loader, prog)  # ckpt(reason)
     # --- the loop ----------------------------------------------------------------------------------
     bar = None
     if d.master and sys.stderr.isatty():
@@ -408,38 +437,33 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
 
         bar = (tqdm(total=round(h.max_wallclock_seconds), unit="s", desc="train", leave=False)
                if h.max_wallclock_seconds > 0 else tqdm(total=h.iterations, unit="step", desc="train", leave=False))
-        bar.n = round(elapsed) if h.max_wallclock_seconds > 0 else step
+        bar.n = round(prog.elapsed) if h.max_wallclock_seconds > 0 else prog.step
 
     def emit(**kv):
         with (bar.external_write_mode() if bar is not None else contextlib.nullcontext()):
             log.kv(**kv)
 
-    def budget_left() -> bool:
-        if step >= h.iterations:
-            return False
-        return not (h.max_wallclock_seconds > 0 and elapsed >= h.max_wallclock_seconds)
-
     status, val_loss, val_bpb = "finished", None, None
     interval_t, interval_steps, last_loss = 0.0, 0, float("nan")
     with StopFlag() as stop:
         t0 = time.perf_counter()
-        while budget_left():
-            sched = schedule.at(step, elapsed, h, warm_step_s)
-            if not qat_on and plan and schedule.qat_should_start(sched.lr_scale, sched.progress, h):
-                qat_on = True
+        while budget_left(h, prog):
+            sched = schedule.at(prog.step, prog.elapsed, h, warm_step_s)
+            if not prog.qat_on and plan and schedule.qat_should_start(sched.lr_scale, sched.progress, h):
+                prog.qat_on = True
                 n = set_qat(model, plan)
-                emit(step=step, qat="on", layers=n, lr_scale=sched.lr_scale)
+                emit(step=prog.step, qat="on", layers=n, lr_scale=sched.lr_scale)
             apply_schedule(optimizers, sched.lr_scale, sched.muon_momentum)
             t_step = time.perf_counter()
             loss = train_step(fwd, optimizers, params, stream, accum, amp, h.grad_clip_norm, d.on)
             if ema is not None:
                 ema.update(sched.ema_decay)
-            step += 1
-            # one sync per step: the loss for the NaN check, the clock, and stop requests
+            prog.step += 1
+            # one sync per prog.step: the loss for the NaN check, the clock, and stop requests
             if is_cuda:
                 torch.cuda.synchronize()
             now = time.perf_counter()
-            elapsed_local = elapsed + (now - t0)
+            elapsed_local = prog.elapsed + (now - t0)
             t0 = now
             if d.on:
                 red = torch.tensor([loss.item(), 0.0], dtype=torch.float64, device=d.device)
@@ -447,41 +471,41 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
                 dist.all_reduce(red)
                 dist.all_reduce(mx, op=dist.ReduceOp.MAX)
                 last_loss = red[0].item() / d.world_size
-                elapsed, stop_req = mx[0].item(), int(mx[1].item())
+                prog.elapsed, stop_req = mx[0].item(), int(mx[1].item())
             else:
-                last_loss, elapsed, stop_req = loss.item(), elapsed_local, stop.signum
+                last_loss, prog.elapsed, stop_req = loss.item(), elapsed_local, stop.signum
             interval_t += now - t_step
             interval_steps += 1
             if bar is not None:
-                bar.update((round(elapsed) - bar.n) if h.max_wallclock_seconds > 0 else 1)
+                bar.update((round(prog.elapsed) - bar.n) if h.max_wallclock_seconds > 0 else 1)
             if not math.isfinite(last_loss):
-                where = str(last_ckpt) if last_ckpt else "none (set CHECKPOINT_EVERY=N to keep periodic checkpoints)"
-                log.kv(step=step, train_loss=last_loss, status="diverged")
+                where = str(prog.last_ckpt) if prog.last_ckpt else "none (set CHECKPOINT_EVERY=N to keep periodic checkpoints)"
+                log.kv(step=prog.step, train_loss=last_loss, status="diverged")
                 if d.master:
-                    _write_metrics(run_dir, h, d, history, {"status": "diverged", "steps": step})
-                raise GolfError(f"train loss is {last_loss} at step {step}: the run diverged and was stopped. "
+                    _write_metrics(run_dir, h, d, prog.history, {"status": "diverged", "steps": prog.step})
+                raise GolfError(f"train loss is {last_loss} at step {prog.step}: the run diverged and was stopped. "
                                 f"Last good checkpoint: {where}. Lower MATRIX_LR/EMBED_LR/SCALAR_LR or "
                                 f"GRAD_CLIP_NORM, or resume from that checkpoint with RESUME=1 RUN_ID={h.run_id}")
-            if (h.log_every > 0 and step % h.log_every == 0) or step == 1 or not budget_left():
+            if (h.log_every > 0 and prog.step % h.log_every == 0) or prog.step == 1 or not budget_left(h, prog):
                 ms = 1000 * interval_t / max(interval_steps, 1)
-                row = dict(step=step, train_loss=last_loss, lr_scale=sched.lr_scale, ms_step=ms,
-                           tok_s=h.train_batch_tokens / (ms / 1000) if ms > 0 else 0.0, elapsed_s=elapsed,
+                row = dict(step=prog.step, train_loss=last_loss, lr_scale=sched.lr_scale, ms_step=ms,
+                           tok_s=h.train_batch_tokens / (ms / 1000) if ms > 0 else 0.0, elapsed_s=prog.elapsed,
                            ema_decay=sched.ema_decay, muon_momentum=sched.muon_momentum)
-                history.append(row)
+                prog.history.append(row)
                 emit(**row)
                 interval_t, interval_steps = 0.0, 0
-            if h.val_every > 0 and step % h.val_every == 0 and budget_left():
+            if h.val_every > 0 and prog.step % h.val_every == 0 and budget_left(h, prog):
                 val_loss, val_bpb = evaluate_val(model, val, luts, h.train_seq_len,
                                                  max(1, h.val_batch_tokens // h.train_seq_len), d, amp)
-                history.append(dict(step=step, val_loss=val_loss, val_bpb=val_bpb, elapsed_s=elapsed))
-                emit(step=step, val_loss=val_loss, val_bpb=val_bpb)
+                prog.history.append(dict(step=prog.step, val_loss=val_loss, val_bpb=val_bpb, elapsed_s=prog.elapsed))
+                emit(step=prog.step, val_loss=val_loss, val_bpb=val_bpb)
                 t0 = time.perf_counter()  # val does not count against the training budget
             if stop_req:
-                last_ckpt = save(f"signal {stop_req}")
+                prog.last_ckpt = ckpt(f"signal {stop_req}")
                 status = "interrupted"
                 break
-            if h.checkpoint_every > 0 and step % h.checkpoint_every == 0 and budget_left():
-                last_ckpt = save("periodic")
+            if h.checkpoint_every > 0 and prog.step % h.checkpoint_every == 0 and budget_left(h, prog):
+                prog.last_ckpt = ckpt("periodic")
                 t0 = time.perf_counter()
     if bar is not None:
         bar.close()
@@ -493,11 +517,11 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
             log.write(f"warning: {recompiles} graph(s) were compiled inside the timed loop; the warm-up "
                       "should have compiled every variant (see compile_graphs above)")
     if status == "interrupted":
-        emit(status=status, step=step, resume=f"RESUME=1 RUN_ID={h.run_id}")
-        return {"status": status, "steps": step, "checkpoint": str(last_ckpt), "run_dir": str(run_dir)}
+        emit(status=status, step=prog.step, resume=f"RESUME=1 RUN_ID={h.run_id}")
+        return {"status": status, "steps": prog.step, "checkpoint": str(prog.last_ckpt), "run_dir": str(run_dir)}
 
-    save("end")
-    train_seconds = elapsed
+    ckpt("end")
+    train_seconds = prog.elapsed
     # --- export and final val ----------------------------------------------------------------
     val_bs = max(1, h.val_batch_tokens // h.train_seq_len)
     set_qat(model, 0)  # val and export see the float weights; quantize.py does the real rounding
@@ -505,7 +529,7 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
     if ema is not None:
         vl_raw, vb_raw = evaluate_val(model, val, luts, h.train_seq_len, val_bs, d, amp)
         extra = {"val_loss_raw": vl_raw, "val_bpb_raw": vb_raw}
-        emit(step=step, val_loss_raw=vl_raw, val_bpb_raw=vb_raw)
+        emit(step=prog.step, val_loss_raw=vl_raw, val_bpb_raw=vb_raw)
         ema.copy_to(model)
     in_sync = ranks_in_sync(model, d)
     if not in_sync:
@@ -513,14 +537,14 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
     t_val = time.perf_counter()
     val_loss, val_bpb = evaluate_val(model, val, luts, h.train_seq_len, val_bs, d, amp)
     val_seconds = time.perf_counter() - t_val
-    emit(step=step, val_loss=val_loss, val_bpb=val_bpb, weights="ema" if ema is not None else "raw")
-    history.append(dict(step=step, val_loss=val_loss, val_bpb=val_bpb, elapsed_s=train_seconds))
-    train_rows = [r for r in history if "train_loss" in r]
+    emit(step=prog.step, val_loss=val_loss, val_bpb=val_bpb, weights="ema" if ema is not None else "raw")
+    prog.history.append(dict(step=prog.step, val_loss=val_loss, val_bpb=val_bpb, elapsed_s=train_seconds))
+    train_rows = [r for r in prog.history if "train_loss" in r]
     peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if is_cuda else _cpu_peak_mb())
     summary = {
-        "status": status, "run_id": h.run_id, "steps": step, "train_seconds": train_seconds,
-        "ms_per_step": 1000 * train_seconds / max(step, 1),
-        "tokens_per_s": h.train_batch_tokens * step / train_seconds if train_seconds > 0 else 0.0,
+        "status": status, "run_id": h.run_id, "steps": prog.step, "train_seconds": train_seconds,
+        "ms_per_step": 1000 * train_seconds / max(prog.step, 1),
+        "tokens_per_s": h.train_batch_tokens * prog.step / train_seconds if train_seconds > 0 else 0.0,
         "train_loss": train_rows[-1]["train_loss"] if train_rows else None,
         "val_loss": val_loss, "val_bpb": val_bpb, **extra, "val_seconds": val_seconds, "val_tokens": len(val),
         "params": n_params, "preflight_bytes": int(est["total"]), "peak_mem_mb": peak_mb,
@@ -534,8 +558,8 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
                  "tokenizer_sha256": tokenizer.sha256, "data_path": str(h.data_path), "metrics": summary}
         with atomic_path(run_dir / "final.pt") as tmp:
             torch.save(final, tmp)
-        _write_metrics(run_dir, h, d, history, summary)
-    emit(status=status, steps=step, train_seconds=train_seconds, val_bpb=val_bpb,
+        _write_metrics(run_dir, h, d, prog.history, summary)
+    emit(status=status, steps=prog.step, train_seconds=train_seconds, val_bpb=val_bpb,
          wall_seconds=time.time() - t_start, final=str(run_dir / "final.pt"))
     log.close()
     return {**summary, "run_dir": str(run_dir)}
