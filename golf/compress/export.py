@@ -51,8 +51,6 @@ def export(model: nn.Module, h: Any, tokenizer_sha256: str, out: str | Path, cal
     return ExportResult(out, size)
 
 
-
-
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

@@ -25,7 +25,6 @@ CLIP_RATIOS: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8)
 FP16 = 16  # "bits" value meaning: keep the tensor in fp16, no integer quantisation
 
 
-
 def qmax_for(bits: int) -> int:
     return (1 << (bits - 1)) - 1
 
