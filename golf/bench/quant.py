@@ -34,7 +34,8 @@ from typing import Any
 import torch
 
 from golf.compress.artifact import load_artifact, read_artifact, save_artifact
-from golf.compress.export import load_checkpoint, model_from_checkpoint
+from golf.compress.export import model_from_checkpoint
+from golf.core.checkpoint import load_checkpoint
 from golf.core.config import apply_overrides, load_config
 from golf.core.utils import atomic_write_json, device_description, git_commit, main_guard
 from golf.data.bpb import build_luts
@@ -118,7 +119,7 @@ def bench_preset(preset: str = "record", overrides: dict[str, str] | None = None
 def bench_checkpoint(checkpoint: str, data_path: str, max_tokens: int, device: str,
                      overrides: dict[str, str] | None = None) -> dict[str, Any]:
 
-    ck = load_checkpoint(checkpoint)
+    ck = load_checkpoint(checkpoint, final=True)
     model, h = model_from_checkpoint(ck, checkpoint)
     if overrides:  # quantisation settings to try on this checkpoint, e.g. QUANT_MIN_NUMEL=4096
         apply_overrides(h, overrides, "--set")

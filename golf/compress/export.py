@@ -13,6 +13,7 @@ from torch import nn
 
 from golf.compress.artifact import _PAYLEN, _PREFIX, _build_gpt, read_artifact, save_artifact, size_report
 from golf.compress.codesize import code_bytes
+from golf.core.checkpoint import load_checkpoint
 from golf.core.config import BYTES_CAP, from_dict
 from golf.core.utils import GolfError, atomic_write_json
 
@@ -51,20 +52,6 @@ def export(model: nn.Module, h: Any, tokenizer_sha256: str, out: str | Path, cal
     return ExportResult(out, size)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise GolfError(f"{path}: checkpoint not found; train first (python train_gpt.py writes runs/<id>/final.pt)")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged/foreign file
-        raise GolfError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e}); re-run training") from None
-    missing = [k for k in ("config", "model_config", "state_dict") if k not in ck]
-    if missing:
-        raise GolfError(f"{path}: not a golf final.pt (missing {missing}); pass runs/<id>/final.pt written by train_gpt.py")
-    return ck
-
-
 def model_from_checkpoint(ck: dict[str, Any], path: str | Path = "checkpoint") -> tuple[nn.Module, Any]:
     """(GPT with the checkpoint's export weights, Hyperparameters)."""
     h = from_dict(ck["config"], source=str(path))
@@ -83,7 +70,7 @@ def quantize_checkpoint(
 ) -> dict[str, Any]:
     """final.pt -> model.ptz (+ size.json beside it). Returns the size report (bytes_total etc.)."""
     checkpoint = Path(checkpoint)
-    ck = load_checkpoint(checkpoint)
+    ck = load_checkpoint(checkpoint, final=True)
     model, h = model_from_checkpoint(ck, checkpoint)
     out = Path(out) if out else checkpoint.with_name("model.ptz")
     res = export(model, h, str(ck.get("tokenizer_sha256", "")), out, packing=packing, code=code)

@@ -14,7 +14,8 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
-from golf.compress.export import export, load_checkpoint, model_from_checkpoint
+from golf.compress.export import export, model_from_checkpoint
+from golf.core.checkpoint import load_checkpoint
 from golf.core.config import Hyperparameters
 from golf.core.dist import Dist, teardown
 from golf.core.utils import GolfError
@@ -60,7 +61,7 @@ def run(h: Hyperparameters) -> dict[str, Any]:
         artifact = run_dir / "model.ptz"
         size = None
         if d.master:
-            ck = load_checkpoint(run_dir / "final.pt")
+            ck = load_checkpoint(run_dir / "final.pt", final=True)
             model, _ = model_from_checkpoint(ck, run_dir / "final.pt")
             res = export(model, h, str(ck.get("tokenizer_sha256", "")), artifact,
                          calibration=lambda: calibration_batches(h))

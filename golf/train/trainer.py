@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 from golf.compress.quant import clip_ratios, estimate_artifact_bytes, quant_plan
+from golf.core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from golf.core.config import BYTES_CAP
 from golf.core.dist import Dist, setup, teardown
 from golf.core.utils import (GolfError, RunLog, atomic_path, atomic_write_json, compile_stats, device_description,
@@ -42,7 +43,6 @@ from golf.data.folder import load_data_tokenizer, load_split
 from golf.data.loader import TokenLoader
 from golf.model.gpt import GPT, layer_mixers
 from golf.train import schedule
-from golf.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from golf.train.optim import apply_schedule, build_optimizers
 
 PREFLIGHT_MARGIN = 0.03  # warn when the estimate is this close to the cap (its measured error: golf.compress.quant)
