@@ -11,7 +11,7 @@ VOCAB_SIZE ?= 1024
 TEXT_FIELD ?= text
 DATA_OUT ?=
 VARIANT ?= sp1024
-TRAIN_SHARDS ?= 1
+TRAIN_SHARDS ?= 80
 # --- runs / records -----------------------------------------------------------------------------
 NAME ?=
 PRESET ?=

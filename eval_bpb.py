@@ -30,6 +30,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=0, help="evaluate only this prefix of the val split (0 = all)")
     p.add_argument("--out", default="", help="write the JSON report here")
     p.add_argument("--plot", default="", help="write the BPB-vs-position PNG here")
+    p.add_argument("--tokenizer-path", default=os.environ.get("TOKENIZER_PATH", ""),
+                   help="the tokenizer (default: the data folder's own, or the challenge layout's data/tokenizers/)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto", help="torch.compile (auto: on for CUDA)")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
             max_tokens=args.max_tokens, device=args.device,
             compile=None if args.compile == "auto" else args.compile == "on",
             rank=rank, world_size=world, progress=args.progress and sys.stderr.isatty(),
+            tokenizer_path=args.tokenizer_path,
         )
         if rank == 0:
             print(summary(rep))

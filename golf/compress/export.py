@@ -47,7 +47,7 @@ def export(model: nn.Module, h: Any, tokenizer_sha256: str, out: str | Path, cal
     t0 = time.perf_counter()
     read_artifact(out)  # round-trip check + decompression time
     rep["seconds"]["decompress"] = round(time.perf_counter() - t0, 3)
-    size = _budget(rep, code)
+    size = _budget(rep, code, _config(h))
     atomic_write_json(out.with_name("size.json"), size)
     return ExportResult(out, size)
 
@@ -79,8 +79,12 @@ def quantize_checkpoint(
     return res.size
 
 
-def _budget(rep: dict[str, Any], code: str | Path | None) -> dict[str, Any]:
-    nbytes, source = code_bytes(code)
+def _config(h: Any) -> dict[str, Any] | None:
+    return h.to_dict() if hasattr(h, "to_dict") else None
+
+
+def _budget(rep: dict[str, Any], code: str | Path | None, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    nbytes, source = code_bytes(code, config)
     total = rep["bytes"] + nbytes
     return {
         "bytes_total": total, "bytes_model": rep["bytes"], "bytes_code": nbytes, "code_source": source,
@@ -99,7 +103,8 @@ def check_size(artifact: str | Path, code: str | Path | None = None) -> dict[str
     hlen = _PREFIX.unpack_from(artifact.read_bytes(), 0)[2]
     rep = size_report(header, total, total - hlen - _PREFIX.size - _PAYLEN.size, hlen)
     rep["path"] = str(artifact)
-    return _budget(rep, code)
+    cfg = header.get("config")
+    return _budget(rep, code, cfg if isinstance(cfg, dict) else None)
 
 
 def format_size(size: dict[str, Any]) -> str:

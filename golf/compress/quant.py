@@ -142,7 +142,7 @@ def estimate_artifact_bytes(model: torch.nn.Module, h_or_cfg: Any, code_bytes: i
         e["bytes"] = int(math.ceil(e["bytes"]))
     header = 2048 + 120 * n_tensors  # compressed JSON manifest + config
     if code_bytes is None:
-        code_bytes = bundled_code_bytes()
+        code_bytes = bundled_code_bytes(h_or_cfg.to_dict() if hasattr(h_or_cfg, "to_dict") else None)
     total = sum(e["bytes"] for e in groups.values()) + header + code_bytes
     params = sum(e["params"] for e in groups.values())
     return {

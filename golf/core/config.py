@@ -35,6 +35,7 @@ class GPTConfig:
     logit_softcap: float = 30.0
     qk_gain_init: float = 1.5
     tie_embeddings: bool = True
+    tied_embed_init_std: float = 0.005  # init std of the tied embedding (the challenge's TIED_EMBED_INIT_STD)
     unet_skips: bool = True
     ln_scale: bool = True  # scale block inputs by 1/sqrt(layer+1)
     num_memory_tokens: int = 0
@@ -330,11 +331,43 @@ def parse_cli(argv: Sequence[str]) -> dict[str, Any]:
 _ENV_IGNORE = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
 
 
+# The challenge baseline's settings (openai/parameter-golf train_gpt.py) whose golf name differs: each
+# is honoured under golf's name, or refused with the golf setting to use; none is ignored. Those with
+# the same name and meaning (NUM_LAYERS, MATRIX_LR, ...) need no entry. EMBED_LR keeps golf's meaning:
+# the embedding's LR, tied or not (the baseline's EMBED_LR applies only when untied).
+CHALLENGE_NAMES = {
+    "VAL_LOSS_EVERY": "val_every",  # steps between val evaluations (0: at the end only)
+    "VAL_BATCH_SIZE": "val_batch_tokens",  # tokens per val batch over all ranks
+    "TRAIN_LOG_EVERY": "log_every",
+    "WARMUP_STEPS": "compile_warmup_steps",  # steps run before the clock starts, then the weights restored
+    "TIED_EMBED_LR": "embed_lr",
+}
+CHALLENGE_REFUSED = {
+    "WARMDOWN_ITERS": "WARMDOWN_FRAC (golf's warm-down is a fraction of the run, wall clock or ITERATIONS: "
+                      "WARMDOWN_ITERS=1200 of a ~13,000-step run is WARMDOWN_FRAC=0.09)",
+    "MUON_MOMENTUM_WARMUP_STEPS": "MUON_MOMENTUM_WARMUP_FRAC (a fraction of the run: 500 of ~13,000 steps is 0.04)",
+    "HEAD_LR": "EMBED_LR (golf trains an untied LM head in the embedding's group)",
+    "CONTROL_TENSOR_NAME_PATTERNS": "QUANT_MIN_NUMEL (golf keeps small and control tensors in fp16 by size and by "
+                                    "the parameter's tag, golf/compress/quant.py)",
+    "INT8_KEEP_FLOAT_FP32_NAME_PATTERNS": "QUANT_MIN_NUMEL (see golf/compress/quant.py)",
+}
+
+
 def parse_env(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     upper = {k.upper(): k for k in FIELD_TYPES}
     for name, value in env.items():
-        if name in upper:
+        if name in CHALLENGE_REFUSED:
+            raise GolfError(f"environment: {name} is the challenge baseline's setting; golf's is "
+                            f"{CHALLENGE_REFUSED[name]}. Unset {name}.")
+        if name in CHALLENGE_NAMES:
+            key = CHALLENGE_NAMES[name]
+            mine = env.get(key.upper())
+            if mine is not None and _coerce(key, mine, "environment") != _coerce(key, value, "environment"):
+                raise GolfError(f"environment: {name}={value} (the challenge's name for {key.upper()}) and "
+                                f"{key.upper()}={mine} disagree; set one of them")
+            out[key] = _coerce(key, value, f"environment ({name}, golf's {key.upper()})")
+        elif name in upper:
             key = upper[name]
             out[key] = _coerce(key, value, "environment")
         elif name.isupper() and name not in _ENV_IGNORE and "_" in name:
@@ -374,6 +407,24 @@ def load_config(
     apply_overrides(h, env_over, "environment")
     apply_overrides(h, cli, "command line")
     return h.finalize() if finalize else h
+
+
+def settings_diff(cfg: Mapping[str, Any], skip: Sequence[str] = ()) -> dict[str, Any]:
+    """The settings of a saved (finalized) config that differ from its preset's: what a command line
+    or a bundle's baked defaults must give to rebuild it. A derived EVAL_SEQ_LEN (= TRAIN_SEQ_LEN)
+    is left out; unknown keys are ignored (older records)."""
+    base = load_config(argv=[], env={}, preset=cfg.get("preset", "tiny"), finalize=False)
+    base.eval_seq_len = base.eval_seq_len or cfg.get("train_seq_len", base.train_seq_len)
+    ref = base.to_dict()
+    out = {}
+    for k, v in cfg.items():
+        if k in skip or k == "preset" or k not in ref:
+            continue
+        if k == "eval_seq_len" and v == cfg.get("train_seq_len") and ref[k] in (0, v):
+            continue
+        if v != ref[k]:
+            out[k] = v
+    return out
 
 
 def from_dict(d: Mapping[str, Any], source: str = "config") -> Hyperparameters:

@@ -194,24 +194,27 @@ class RunLog:
 
     Only rank 0 writes; other ranks get a silent logger. Lines also go to stdout unless quiet."""
 
-    def __init__(self, path: str | os.PathLike | None, enabled: bool = True, echo: bool = True):
+    def __init__(self, path: str | os.PathLike | None, enabled: bool = True, echo: bool = True,
+                 mirror: str | os.PathLike | None = None):
+        """`mirror`: a second file that gets every line too (a submission's logs/<RUN_ID>.txt)."""
         self.path = Path(path) if path else None
         self.enabled = enabled
         self.echo = echo
-        if self.enabled and self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "a", encoding="utf-8")
-        else:
-            self._f = None
+        self._files = []
+        if self.enabled:
+            for p in (self.path, Path(mirror) if mirror else None):
+                if p is not None:
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                    self._files.append(open(p, "a", encoding="utf-8"))
 
     def write(self, line: str) -> None:
         if not self.enabled:
             return
         if self.echo:
             print(line, flush=True)
-        if self._f is not None:
-            self._f.write(line + "\n")
-            self._f.flush()
+        for f in self._files:
+            f.write(line + "\n")
+            f.flush()
 
     def kv(self, **items: Any) -> None:
         """Write one greppable line: `key:value key:value ...`."""
@@ -230,9 +233,9 @@ class RunLog:
         self.write("config:" + json.dumps(config, sort_keys=True, default=str))
 
     def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        for f in self._files:
+            f.close()
+        self._files = []
 
 
 def main_guard(fn):

@@ -1,41 +1,57 @@
-"""Download the challenge's published FineWeb shards and tokenizer into a golf data folder.
+"""Download the challenge's published FineWeb shards and tokenizer, laid out as the challenge lays them.
 
-    python -m golf.data.fineweb --variant sp1024 --train-shards 10 [--local-dir DIR]     (make data-fineweb)
+    python -m golf.data.fineweb --variant sp1024 [--train-shards 80] [--local-dir data]     (make data-fineweb)
 
-Manifest-driven, as the challenge's data/cached_challenge_fineweb.py: the Hugging Face dataset repo
-`willdepueoai/parameter-golf` holds `datasets/manifest.json`, which lists each dataset (shard
-counts in `stats.files_train` / `stats.files_val`, its `tokenizer_name`) and each tokenizer (its
-files in `model_path` / `vocab_path` / `path`); shards live under
-`datasets/datasets/<dataset>/fineweb_{train,val}_NNNNNN.bin`.
+Manifest-driven, as the challenge's data/cached_challenge_fineweb.py, and to the same paths: the
+Hugging Face dataset repo `willdepueoai/parameter-golf` holds `datasets/manifest.json` (each dataset's
+shard counts in `stats.files_train` / `stats.files_val` and its `tokenizer_name`; each tokenizer's
+files in `model_path` / `vocab_path` / `path`); with the remote root dropped, it lands at
 
-The result is an ordinary golf data folder (manifest.json, tokenizer.model|json, shards), so
-DATA_PATH=data/datasets/fineweb10B_sp1024 works for training and eval. Resumable: a shard already
-present and complete (header and size check) is not fetched again, and every file is copied in
-under a temporary name, so an interrupted download never leaves a partial file that looks complete.
+    data/manifest.json
+    data/datasets/fineweb10B_sp1024/fineweb_{train,val}_NNNNNN.bin     (80 training shards by default)
+    data/tokenizers/fineweb_1024_bpe.model, fineweb_1024_bpe.vocab
+
+Nothing else is written: golf reads such a folder as it is (splits by the challenge's exact file
+names, the tokenizer from data/tokenizers/ via data/manifest.json; golf/data/folder.py), and so do
+the challenge's own scripts. Resumable: a shard already present and complete (header and size
+check) is not fetched again, and every file is copied in under a temporary name, so an interrupted
+download never leaves a partial file that looks complete.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Callable
 
-from golf.core.utils import GolfError, atomic_path, atomic_write_json, main_guard, sha256_file
+from golf.core.utils import GolfError, atomic_path, main_guard
+from golf.data.folder import split_layout, tokenizer_path
 from golf.data.shards import read_header
 from golf.data.tokenizer import load_tokenizer
 
 REPO_ID = os.environ.get("MATCHED_FINEWEB_REPO_ID", "willdepueoai/parameter-golf")
 REMOTE_ROOT = os.environ.get("MATCHED_FINEWEB_REMOTE_ROOT_PREFIX", "datasets")
-VARIANTS = {
-    "byte260": "fineweb10B_byte260",
-    "sp512": "fineweb10B_sp512",
-    "sp1024": "fineweb10B_sp1024",
-    "sp2048": "fineweb10B_sp2048",
-    "sp4096": "fineweb10B_sp4096",
-    "sp8192": "fineweb10B_sp8192",
-}
+DEFAULT_TRAIN_SHARDS = 80  # the challenge downloader's default: 8B training tokens
+
+
+def dataset_name(variant: str) -> str:
+    """byte260 -> fineweb10B_byte260; sp<N> -> fineweb10B_sp<N> (which exist: the manifest says)."""
+    if variant == "byte260" or re.fullmatch(r"sp\d+", variant or ""):
+        return f"fineweb10B_{variant}"
+    raise GolfError(f"unknown variant {variant!r}; use byte260 or sp<VOCAB_SIZE> (sp1024, sp4096, sp8192, ...)")
+
+
+def local_path(root: Path, remote: str) -> Path:
+    """Where the challenge's downloader puts a remote file: the remote root prefix dropped, the rest
+    under data/ (datasets/manifest.json -> data/manifest.json, datasets/datasets/X -> data/datasets/X)."""
+    parts = Path(remote).parts
+    if REMOTE_ROOT and parts[:1] == (REMOTE_ROOT,):
+        parts = parts[1:]
+    return Path(root).joinpath(*parts)
+
 
 Downloader = Callable[[str], Path]  # remote path (relative to the repo) -> a local file holding it
 
@@ -58,9 +74,7 @@ def hub_download(remote_path: str) -> Path:
 
 def plan_download(manifest: dict, variant: str, train_shards: int) -> dict:
     """Which remote files a variant needs, from the challenge manifest."""
-    if variant not in VARIANTS:
-        raise GolfError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
-    name = VARIANTS[variant]
+    name = dataset_name(variant)
     entry = next((d for d in manifest.get("datasets", []) if d.get("name") == name), None)
     if entry is None:
         have = [d.get("name") for d in manifest.get("datasets", [])]
@@ -108,60 +122,43 @@ def _fetch(remote: str, dest: Path, download: Downloader) -> bool:
     return True
 
 
-def download(variant: str = "sp1024", train_shards: int = 1, local_dir: str | os.PathLike | None = None,
-             download_fn: Downloader = hub_download) -> dict:
-    """Fetch manifest, val shards, `train_shards` train shards and the tokenizer; write a golf manifest."""
-
-    out = Path(local_dir) if local_dir else Path("data") / "datasets" / VARIANTS.get(variant, variant)
-    out.mkdir(parents=True, exist_ok=True)
-    challenge_manifest = out / "challenge_manifest.json"
-    _fetch(f"{REMOTE_ROOT}/manifest.json", challenge_manifest, download_fn)
+def download(variant: str = "sp1024", train_shards: int = DEFAULT_TRAIN_SHARDS,
+             local_dir: str | os.PathLike | None = None, download_fn: Downloader = hub_download) -> dict:
+    """Fetch the manifest, every val shard, `train_shards` train shards and the tokenizer into the
+    challenge's layout under `local_dir` (default ./data). Returns what DATA_PATH / TOKENIZER_PATH are."""
+    root = Path(local_dir) if local_dir else Path("data")
+    manifest_file = local_path(root, f"{REMOTE_ROOT}/manifest.json")
+    _fetch(f"{REMOTE_ROOT}/manifest.json", manifest_file, download_fn)
     try:
-        manifest = json.loads(challenge_manifest.read_text(encoding="utf-8"))
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        challenge_manifest.unlink()
-        raise GolfError(f"{challenge_manifest} was not valid JSON ({e}); removed it, run again") from None
+        manifest_file.unlink()
+        raise GolfError(f"{manifest_file} was not valid JSON ({e}); removed it, run again") from None
     plan = plan_download(manifest, variant, train_shards)
     fetched = 0
     for remote in plan["val"] + plan["train"] + plan["tokenizer_files"]:
-        got = _fetch(remote, out / Path(remote).name, download_fn)
+        got = _fetch(remote, local_path(root, remote), download_fn)
         fetched += got
-        print(f"{'fetched' if got else 'have   '} {Path(remote).name}", flush=True)
-
-    # Our contract names the tokenizer tokenizer.model / tokenizer.json.
-    model_file = next(Path(r).name for r in plan["tokenizer_files"] if r.endswith((".model", ".json")))
-    contract = "tokenizer.model" if model_file.endswith(".model") else "tokenizer.json"
-    with atomic_path(out / contract) as tmp:
-        shutil.copyfile(out / model_file, tmp)
-    tok = load_tokenizer(out / contract)
-
-    def split_info(remotes):
-        files = [{"name": Path(r).name, "tokens": read_header(out / Path(r).name),
-                  "sha256": sha256_file(out / Path(r).name)} for r in remotes]
-        return {"files": files, "tokens": sum(f["tokens"] for f in files), "docs": None, "text_bytes": None}
-
-    golf_manifest = {
-        "format": "golf-data-2",
-        "name": "fineweb",
-        "tokenizer": {"kind": tok.kind, "file": contract, "sha256": sha256_file(out / contract),
-                      "vocab_size": tok.vocab_size, "bos_id": tok.bos_id},
-        "source": {"repo_id": REPO_ID, "remote_root": REMOTE_ROOT, "variant": variant,
-                   "dataset": plan["dataset"].get("name"), "challenge_manifest": challenge_manifest.name},
-        "splits": {"train": split_info(plan["train"]), "val": split_info(plan["val"])},
-    }
-    atomic_write_json(out / "manifest.json", golf_manifest)
-    print(f"{out}: {len(plan['train'])} train + {len(plan['val'])} val shards "
-          f"({golf_manifest['splits']['train']['tokens']:,} + {golf_manifest['splits']['val']['tokens']:,} tokens), "
-          f"{fetched} file(s) fetched", flush=True)
-    return golf_manifest
+        print(f"{'fetched' if got else 'have   '} {local_path(root, remote)}", flush=True)
+    data_path = local_path(root, plan["val"][0]).parent if plan["val"] else root / "datasets" / dataset_name(variant)
+    layout = split_layout(data_path)  # the names golf and the challenge read, disjoint
+    tok_file = tokenizer_path(data_path)
+    tok = load_tokenizer(tok_file)
+    info = {"data_path": str(data_path), "tokenizer_path": str(tok_file), "vocab_size": tok.vocab_size,
+            "train_tokens": sum(read_header(f) for f in layout["train"]),
+            "val_tokens": sum(read_header(f) for f in layout["val"])}
+    print(f"{data_path}: {len(layout['train'])} train + {len(layout['val'])} val shards ({info['train_tokens']:,} + "
+          f"{info['val_tokens']:,} tokens), tokenizer {tok_file} (vocab {tok.vocab_size}); {fetched} file(s) fetched. "
+          f"Train on it with DATA_PATH={data_path} VOCAB_SIZE={tok.vocab_size}", flush=True)
+    return info
 
 
 @main_guard
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m golf.data.fineweb", description=__doc__.split("\n")[0])
-    p.add_argument("--variant", default="sp1024", choices=sorted(VARIANTS))
-    p.add_argument("--train-shards", type=int, default=1)
-    p.add_argument("--local-dir", default="", help="default data/datasets/fineweb10B_<variant>")
+    p.add_argument("--variant", default="sp1024", help="byte260 or sp<VOCAB_SIZE>: sp1024, sp4096, sp8192, ...")
+    p.add_argument("--train-shards", type=int, default=DEFAULT_TRAIN_SHARDS)
+    p.add_argument("--local-dir", default="", help="default ./data (the challenge's data/ folder)")
     args = p.parse_args(argv)
     download(args.variant, args.train_shards, args.local_dir or None)
 

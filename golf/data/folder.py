@@ -139,6 +139,25 @@ def check_data_folder(data_path: str | os.PathLike) -> dict:
             for s in SPLITS if layout[s]}
 
 
+def describe_folder(data_path: str | os.PathLike, tokenizer: str | os.PathLike = "") -> dict:
+    """golf's manifest of a folder, or for a folder without one (the challenge's download) the same
+    shape built from what is there: each split's files with their token counts, and the tokenizer
+    file's sha256. Shards are not hashed (8 GB of training shards): names and counts pin the split."""
+    data_path = Path(data_path)
+    if (data_path / "manifest.json").is_file():
+        return read_manifest(data_path)
+    layout = split_layout(data_path)
+    tok_file = Path(tokenizer) if tokenizer else tokenizer_path(data_path)
+    splits = {}
+    for s in SPLITS:
+        files = [{"name": f.name, "tokens": read_header(f)} for f in layout[s]]
+        splits[s] = {"files": files, "tokens": sum(f["tokens"] for f in files)}
+    return {"format": "challenge-layout", "name": data_path.name,
+            "tokenizer": {"file": str(tok_file), "sha256": sha256_file(tok_file),
+                          "vocab_size": load_tokenizer(tok_file).vocab_size},
+            "splits": splits}
+
+
 def manifest_vocab_size(data_path: str | os.PathLike) -> int | None:
     try:
         return int(read_manifest(data_path)["tokenizer"]["vocab_size"])
@@ -167,8 +186,30 @@ def load_split(data_path: str | os.PathLike, split: str, vocab_size: int | None 
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
 
 
+def challenge_tokenizer_path(data_path: str | os.PathLike) -> Path | None:
+    """Where the challenge's download keeps a dataset's tokenizer: data/datasets/fineweb10B_sp1024 ->
+    data/tokenizers/fineweb_1024_bpe.model, as named by data/manifest.json (its dataset entry's
+    tokenizer_name, that tokenizer's model_path), else by the published file name. None if absent."""
+    folder = Path(os.path.abspath(data_path))
+    root = folder.parent.parent  # data/
+    try:
+        manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+        entry = next(d for d in manifest.get("datasets", []) if d.get("name") == folder.name)
+        tok = next(t for t in manifest.get("tokenizers", []) if t.get("name") == entry.get("tokenizer_name"))
+        for key in ("model_path", "path"):
+            if tok.get(key) and (root / str(tok[key])).is_file():
+                return root / str(tok[key])
+    except (OSError, ValueError, StopIteration, AttributeError, TypeError):
+        pass
+    m = re.fullmatch(r"fineweb10B_sp(\d+)", folder.name)
+    if m and (root / "tokenizers" / f"fineweb_{m.group(1)}_bpe.model").is_file():
+        return root / "tokenizers" / f"fineweb_{m.group(1)}_bpe.model"
+    return None
+
+
 def tokenizer_path(data_path: str | os.PathLike) -> Path:
-    """The data folder's tokenizer file (from the manifest; else tokenizer.model / tokenizer.json)."""
+    """The data folder's tokenizer file: from golf's manifest; else tokenizer.model / tokenizer.json
+    in the folder; else the challenge layout's data/tokenizers/ (see challenge_tokenizer_path)."""
     data_path = Path(data_path)
     mpath = data_path / "manifest.json"
     if mpath.is_file():
@@ -182,7 +223,12 @@ def tokenizer_path(data_path: str | os.PathLike) -> Path:
     for name in ("tokenizer.model", "tokenizer.json"):
         if (data_path / name).is_file():
             return data_path / name
-    raise GolfError(f"no tokenizer (tokenizer.model or tokenizer.json) in {data_path}; run `make data`")
+    found = challenge_tokenizer_path(data_path)
+    if found is not None:
+        return found
+    raise GolfError(f"no tokenizer for {data_path}: no tokenizer.model / tokenizer.json in it and none in the "
+                    f"challenge's data/tokenizers/ beside it; set TOKENIZER_PATH (e.g. "
+                    f"./data/tokenizers/fineweb_1024_bpe.model) or run `make data` / `make data-fineweb`")
 
 
 def check_tokenizer_matches(data_path: str | os.PathLike, tokenizer) -> None:

@@ -37,6 +37,7 @@ from golf.core.dist import pick_device
 from golf.core.utils import GolfError
 from golf.data.bpb import bits_per_byte, build_luts, token_bytes
 from golf.data.folder import load_data_tokenizer, load_split, read_manifest
+from golf.data.folder import tokenizer_path as folder_tokenizer_path
 from golf.eval.report import build_report
 
 # ---------------------------------------------------------------------------------------------
@@ -363,25 +364,33 @@ def _eval_defaults(meta: dict[str, Any]) -> dict[str, Any]:
             "batch_windows": int(cfg.get("eval_batch_windows") or 32), "contexts": cfg.get("eval_contexts") or ""}
 
 
-def check_artifact_matches_data(artifact: str, meta: dict[str, Any], data_path: str) -> dict[str, Any]:
-    """The artifact's tokenizer hash and vocab must be those of the data folder's shards."""
-    from pathlib import Path
-
-    manifest = read_manifest(data_path)
+def check_artifact_matches_data(artifact: str, meta: dict[str, Any], data_path: str, tok: Any = None,
+                                tok_file: str | Path = "") -> str:
+    """The artifact's tokenizer hash and vocab must be those of the data folder's shards: the
+    folder's manifest when it has golf's, else the tokenizer it is read with (`tok`: a challenge
+    download keeps it in data/tokenizers/). Returns the tokenizer's sha256."""
+    have = meta.get("tokenizer_sha256")
+    vocab = int((meta.get("model_config") or {}).get("vocab_size", 0))
     mpath = Path(data_path) / "manifest.json"
-    want, have = manifest["tokenizer"].get("sha256"), meta.get("tokenizer_sha256")
+    if mpath.is_file():
+        entry = read_manifest(data_path)["tokenizer"]
+        want, mvocab, where = entry.get("sha256"), entry.get("vocab_size"), f"see {mpath}"
+        exact_vocab = True
+    elif tok is not None:
+        want, mvocab, where = tok.sha256, tok.vocab_size, f"tokenizer {tok_file}"
+        exact_vocab = False  # a model may carry more rows than the tokenizer has pieces (VOCAB_SIZE padding)
+    else:
+        return str(have or "")
     if want and have and want != have:
         raise GolfError(
             f"tokenizer mismatch: {artifact} was trained with tokenizer sha256 {have[:12]}…, but the shards in "
-            f"{data_path} were made with {want[:12]}… (see {mpath}); evaluate on the data folder the model "
-            f"was trained on (--data-path), or re-train on this one")
-    vocab = int((meta.get("model_config") or {}).get("vocab_size", 0))
-    mvocab = manifest["tokenizer"].get("vocab_size")
-    if mvocab is not None and vocab and int(mvocab) != vocab:
+            f"{data_path} were made with {want[:12]}… ({where}); evaluate on the data folder the model "
+            f"was trained on (--data-path, --tokenizer-path), or re-train on this one")
+    if mvocab is not None and vocab and (int(mvocab) != vocab if exact_vocab else int(mvocab) > vocab):
         raise GolfError(
-            f"vocab mismatch: {artifact} has vocab_size {vocab}, {mpath} says {mvocab}; use the data folder "
-            f"the model was trained on (--data-path) or re-train with VOCAB_SIZE={mvocab}")
-    return manifest
+            f"vocab mismatch: {artifact} has vocab_size {vocab}, the data's tokenizer {mvocab} ({where}); use the "
+            f"data folder the model was trained on (--data-path) or re-train with VOCAB_SIZE={mvocab}")
+    return str(want or have or "")
 
 
 @dataclass
@@ -417,21 +426,24 @@ def score(
     world_size: int = 1,
     progress: bool = False,
     strategy: Callable[..., dict[str, Any]] | None = None,
+    tokenizer_path: str | Path = "",
 ) -> dict[str, Any]:
     """The score stage: load the artifact (never a training checkpoint), check it against the data
-    folder, evaluate its val split with `strategy` (default: SlidingWindow with the artifact's
+    folder (and `tokenizer_path`, default the folder's own), evaluate its val split with `strategy` (default: SlidingWindow with the artifact's
     EVAL_SEQ_LEN / EVAL_STRIDE / EVAL_BATCH_WINDOWS, each overridable here). Returns the JSON report."""
     artifact, data_path = str(artifact), str(data_path)
     dev = pick_device(device, "--device")
     model, meta = load_artifact(artifact, device=dev)
-    manifest = check_artifact_matches_data(artifact, meta, data_path)
+    check_artifact_matches_data(artifact, meta, data_path)  # golf's manifest: before the tokenizer loads
     d = _eval_defaults(meta)
     seq_len, stride = seq_len or d["seq_len"], stride or d["stride"]
     batch_windows = batch_windows or d["batch_windows"]
     strategy = strategy or SlidingWindow(seq_len, stride, batch_windows)
     ctx_list = parse_contexts(d["contexts"] if contexts is None else contexts)
     check_window_args(seq_len + 1, seq_len, stride)  # bad settings fail before the val split loads
-    tok = load_data_tokenizer(data_path)
+    tok_file = tokenizer_path or folder_tokenizer_path(data_path)
+    tok = load_data_tokenizer(data_path, tok_file)
+    tokenizer_sha = check_artifact_matches_data(artifact, meta, data_path, tok, tok_file)
     luts = build_luts(tok, dev)
     vocab = int(meta["model_config"]["vocab_size"])
     val = load_split(data_path, "val", vocab_size=vocab, max_tokens=max_tokens)
@@ -448,7 +460,7 @@ def score(
     return build_report(
         result, ctx_res, batch_windows=batch_windows, artifact=str(artifact), artifact_bytes=meta.get("bytes"),
         artifact_commit=meta.get("commit"), data_path=str(data_path),
-        tokenizer_sha256=manifest["tokenizer"].get("sha256"), max_tokens=max_tokens,
+        tokenizer_sha256=tokenizer_sha, max_tokens=max_tokens,
         world_size=world_size, compiled=bool(compile), eval_device=str(dev),
         strategy=getattr(strategy, "name", type(strategy).__name__),
         contexts_skipped=[c for c in ctx_list if c not in ctx_res],  # longer than the val stream

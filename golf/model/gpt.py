@@ -64,7 +64,7 @@ class GPT(nn.Module):
         tag(self.tok_emb.weight, quant="embed", optim="embed")
         self.tie_embeddings = bool(cfg.tie_embeddings)
         if self.tie_embeddings:
-            nn.init.normal_(self.tok_emb.weight, std=0.005)  # tied: small init (public records)
+            nn.init.normal_(self.tok_emb.weight, std=float(cfg.tied_embed_init_std))  # tied: small init (public records)
             self.lm_head = None
         else:
             self.lm_head = CastedLinear(D, V)

@@ -76,7 +76,7 @@ def ablate(
         "bars": {"challenge": f">= {stats.CHALLENGE_MIN_NATS} nats better at one-sided paired p < {stats.CHALLENGE_P}",
                  "practice": f"one-sided Welch p < {stats.PRACTICE_P} (B better than A)"},
         "commit": commit, "hardware": device_description(),
-        "data": R.store_manifest(Path(records_dir), cfg_a.data_path),
+        "data": R.store_manifest(Path(records_dir), cfg_a.data_path, cfg_a.tokenizer_path),
     }
     with atomic_dir(dest) as tmp:
         files = []

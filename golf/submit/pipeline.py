@@ -82,7 +82,7 @@ def submit(
         "nproc": int(os.environ.get("NPROC", "1") or 1),
         "train_seconds": stats.mean([float(r["train_seconds"] or 0) for r in results]),
         "eval_seconds": stats.mean([float(r["eval_seconds"] or 0) for r in results]),
-        "data": R.store_manifest(Path(records_dir), base.data_path),
+        "data": R.store_manifest(Path(records_dir), base.data_path, base.tokenizer_path),
         "run_ids": [r.run_id for r in runs],
         "reused_runs": [r.run_id for r in runs if r.reused],
     }

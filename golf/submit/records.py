@@ -27,9 +27,9 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from golf.core.config import BYTES_CAP, GPTConfig, load_config
-from golf.core.utils import GolfError, atomic_write_bytes, sha256_file
-from golf.data.folder import SPLITS, read_manifest, split_tokens
+from golf.core.config import BYTES_CAP, GPTConfig, settings_diff
+from golf.core.utils import GolfError, atomic_write_bytes, sha256_bytes, sha256_file
+from golf.data.folder import SPLITS, describe_folder, read_manifest, split_tokens
 from golf.model.mechanisms import MECHANISMS
 
 ABLATIONS_TRACK = "ablations"
@@ -145,18 +145,7 @@ def techniques(cfg: dict[str, Any]) -> list[str]:
 
 def non_default_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     """Settings of `cfg` that differ from its preset (what a reproduce command must pass)."""
-    base = load_config(argv=[], env={}, preset=cfg.get("preset", "tiny"), finalize=False)
-    base.eval_seq_len = base.eval_seq_len or cfg.get("train_seq_len", base.train_seq_len)
-    ref = base.to_dict()
-    out = {}
-    for k, v in cfg.items():
-        if k in NON_RESULT_KEYS or k not in ref:
-            continue
-        if k == "eval_seq_len" and v == cfg.get("train_seq_len") and ref[k] in (0, v):
-            continue
-        if v != ref[k]:
-            out[k] = v
-    return out
+    return settings_diff(cfg, skip=NON_RESULT_KEYS)
 
 
 def env_assignments(settings: dict[str, Any]) -> list[str]:
@@ -297,18 +286,23 @@ def validate_record(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
 # the data a record's runs read
 
 
-def store_manifest(records_dir: Path, data_path: str | Path) -> dict[str, Any]:
+def store_manifest(records_dir: Path, data_path: str | Path, tokenizer: str | Path = "") -> dict[str, Any]:
     """Keep the data folder's manifest under records/manifests/<folder>/<sha256>.json (never
-    overwritten: the name is its content's hash) and return the record's `data` entry."""
+    overwritten: the name is its content's hash) and return the record's `data` entry. A folder
+    without golf's manifest (the challenge's download) is described from its files instead."""
     data_path = Path(data_path)
     mpath = data_path / "manifest.json"
-    if not mpath.is_file():
+    if mpath.is_file():
+        read_manifest(data_path)
+        blob = mpath.read_bytes()
+    elif data_path.is_dir():
+        blob = (json.dumps(describe_folder(data_path, tokenizer), indent=2, sort_keys=True) + "\n").encode()
+    else:
         return {"path": str(data_path), "manifest_sha256": ""}
-    read_manifest(data_path)
-    sha = sha256_file(mpath)
+    sha = sha256_bytes(blob)
     dest = Path(records_dir) / MANIFESTS / data_path.name / f"{sha}.json"
     if not dest.is_file():
-        atomic_write_bytes(dest, mpath.read_bytes())
+        atomic_write_bytes(dest, blob)
     return {"path": str(data_path), "manifest_sha256": sha,
             "split_tokens": {s: split_tokens(data_path, s) for s in SPLITS}}
 

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from golf.core.config import BYTES_CAP, Hyperparameters, from_dict
 from golf.core.utils import GolfError, atomic_write_json, repo_root, sha256_bytes, sha256_file
-from golf.data.folder import split_layout
+from golf.data.folder import describe_folder, split_layout
 from golf.submit.settings import config_env
 from golf.train.run import score_contexts
 
@@ -95,14 +95,20 @@ class Stages:
             "--seq-len", str(h.eval_seq_len), "--stride", str(h.eval_stride),
             "--batch-windows", str(h.eval_batch_windows), "--out", str(out_json),
             "--contexts", score_contexts(h),
-        ]
+        ] + (["--tokenizer-path", h.tokenizer_path] if h.tokenizer_path else [])
         run_command(argv, env, log, self.echo)
 
 
 def ensure_data(h: Hyperparameters, stages: Stages, log: Path) -> None:
+    """Before any training: the data folder's splits are there, disjoint, their counts as listed
+    (golf's manifest, or the challenge's own download read by its file names)."""
     p = Path(h.data_path)
-    if (p / "manifest.json").is_file():
-        split_layout(p)  # before any training: the splits are the manifest's, disjoint, counts matching
+    if (p / "manifest.json").is_file() or (p.is_dir() and any(split_layout(p).values())):
+        layout = split_layout(p)
+        missing = [s for s, files in layout.items() if not files]
+        if missing:
+            raise GolfError(f"DATA_PATH {p} has no {' or '.join(missing)} shards (golf's manifest.json lists them; "
+                            f"the challenge's download names them fineweb_{{train,val}}_NNNNNN.bin)")
         return
     if p == Path(DEFAULT_DATA_PATH):
         say(f"{p} not found: preparing the default corpus (python -m golf.data.prepare)")
@@ -112,15 +118,24 @@ def ensure_data(h: Hyperparameters, stages: Stages, log: Path) -> None:
             return
         raise GolfError(f"data preparation finished but {p}/manifest.json is missing; see {log}")
     raise GolfError(
-        f"DATA_PATH {p} has no manifest.json. Make the data first: `make data CORPUS=<file> DATA_OUT={p}` "
-        f"(any JSONL/Parquet/text corpus), `make data-fineweb VARIANT=sp1024` (the challenge's data), "
-        f"or leave DATA_PATH unset for the default corpus ({DEFAULT_DATA_PATH})"
+        f"DATA_PATH {p} has neither golf's manifest.json nor the challenge's fineweb_{{train,val}}_NNNNNN.bin shards. "
+        f"Make the data first: `make data CORPUS=<file> DATA_OUT={p}` (any JSONL/Parquet/text corpus), "
+        f"`make data-fineweb VARIANT=sp1024` (the challenge's data), or leave DATA_PATH unset for the default "
+        f"corpus ({DEFAULT_DATA_PATH})"
     )
 
 
 def manifest_hash(h: Hyperparameters) -> str:
-    p = Path(h.data_path) / "manifest.json"
-    return sha256_file(p) if p.is_file() else ""
+    """The data's identity for the cache: golf's manifest, else the folder's description plus each
+    shard's modification time (a challenge download has no manifest to hash)."""
+    p = Path(h.data_path)
+    if (p / "manifest.json").is_file():
+        return sha256_file(p / "manifest.json")
+    if not p.is_dir():
+        return ""
+    desc = describe_folder(p, h.tokenizer_path)
+    stamps = sorted((f.name, f.stat().st_mtime_ns) for f in p.glob("fineweb_*.bin"))
+    return sha256_bytes(json.dumps([desc, stamps], sort_keys=True).encode())
 
 
 @dataclass
@@ -195,7 +210,10 @@ def collect_result(h: Hyperparameters, run_dir: Path, wall: float) -> dict[str, 
         "val_loss": float(ev["val_loss"]),
         "val_bpb": float(ev["val_bpb"]),
         "val_bpb_roundtrip_nonsliding": plain.get("val_bpb"),
-        "val_bpb_prequant": metrics.get("val_bpb"),  # training's own final val: float weights, no sliding
+        # the float weights on the same tokens as val_bpb_roundtrip_nonsliding (older runs: training's
+        # own final val, on a VAL_MAX_TOKENS prefix)
+        "val_bpb_prequant": (ev.get("prequant") or {}).get("val_bpb", metrics.get("val_bpb")),
+        "val_loss_prequant": (ev.get("prequant") or {}).get("val_loss"),
         "bytes_total": int(size["bytes_total"]),
         "bytes_code": size.get("bytes_code"),
         "bytes_model": size.get("bytes_model"),

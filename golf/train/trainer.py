@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from golf.compress.codesize import in_bundle
 from golf.compress.quant import clip_ratios, estimate_artifact_bytes, quant_plan
 from golf.core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from golf.core.config import BYTES_CAP
@@ -354,6 +355,12 @@ def save_run(ckpt_path: Path, h, d: Dist, log, model, optimizers, ema, loader, p
     return ckpt_path
 
 
+def submission_log(h) -> Path | None:
+    """Run as a submission's single-file train_gpt.py, the log also goes where the challenge's
+    scripts write theirs: logs/<RUN_ID>.txt in the working folder."""
+    return Path("logs") / f"{h.run_id}.txt" if in_bundle() else None
+
+
 def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
     """Train on an already set-up device / process group (golf.train.run keeps it for scoring)."""
 
@@ -370,7 +377,7 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
     if not h.resume and ckpt_path.exists():
         raise GolfError(f"{run_dir} holds an interrupted run ({ckpt_path}); continue it with RESUME=1 "
                         f"RUN_ID={h.run_id} or choose another RUN_ID")
-    log = RunLog(run_dir / "train.log", enabled=d.master)
+    log = RunLog(run_dir / "train.log", enabled=d.master, mirror=submission_log(h))
     log.header(h.to_dict())
     is_cuda = d.device.type == "cuda"
     use_compile = h.compile == "on" or (h.compile == "auto" and is_cuda)

@@ -8,6 +8,7 @@ import pytest
 
 from golf.compress.bundle import (OPTIONAL_DEPS, bundle_bytes, collect_modules, heavy_top_level_imports, minify,
                                   record_defaults, write_bundle)
+from golf.core.config import load_config
 from golf.core.utils import GolfError
 
 
@@ -38,11 +39,16 @@ def test_heavy_import_detector_and_minify():
 def test_record_defaults_are_baked(tmp_path):
     rec = tmp_path / "rec"
     rec.mkdir()
-    (rec / "submission.json").write_text(json.dumps({"config": {"num_layers": 3, "run_id": "x", "smear_gate": True,
-                                                                 "data_path": "/abs/data"}}))
+    cfg = {"preset": "tiny", "num_layers": 3, "run_id": "x", "seed": 7, "smear_gate": False, "bigram_dim": 32,
+           "data_path": "/abs/data"}
+    (rec / "submission.json").write_text(json.dumps({"config": cfg}))
     d = record_defaults(rec)
-    assert d == {"NUM_LAYERS": "3", "SMEAR_GATE": "True"}
+    # the preset and what differs from it; never the run's id, seed or an absolute path; tiny's own
+    # BIGRAM_DIM=32 needs no entry; a boolean is written as the challenge writes them (0/1)
+    assert d == {"PRESET": "tiny", "NUM_LAYERS": "3", "SMEAR_GATE": "0"}
     assert b"'NUM_LAYERS': '3'" in bundle_bytes(record=rec)
+    rebuilt = load_config(env={**d, "RUN_ID": "r"}).to_dict()
+    assert rebuilt == {**load_config(env={"RUN_ID": "r"}, preset="tiny").to_dict(), "num_layers": 3, "smear_gate": False}
     (rec / "submission.json").write_text(json.dumps({"config": {"num_layerz": 3}}))
     with pytest.raises(GolfError, match="num_layerz"):
         record_defaults(rec)

@@ -7,7 +7,7 @@ import pytest
 
 from golf.core.utils import GolfError
 from golf.data import fineweb
-from golf.data.folder import load_split, read_manifest, shard_files, tokenizer_path
+from golf.data.folder import load_split, shard_files, tokenizer_path
 from golf.data.shards import write_shard
 from golf.data.tokenizer import ByteTokenizer, load_tokenizer
 
@@ -56,31 +56,60 @@ def test_plan_from_manifest(tmp_path):
         fineweb.plan_download(manifest, "sp1024", 1)
 
 
-def test_download_makes_a_data_folder_and_resumes(tmp_path):
+def test_download_lays_files_out_as_the_challenge_and_resumes(tmp_path):
     hub = make_fake_hub(tmp_path / "hub")
-    out = tmp_path / "local"
+    root = tmp_path / "data"
+    ds = root / "datasets" / "fineweb10B_byte260"
     # First attempt dies after the manifest and two files: nothing partial may look complete.
     first = FakeHub(hub, fail_after=3)
     with pytest.raises(GolfError, match="simulated"):
-        fineweb.download("byte260", 3, out, download_fn=first)
-    assert not (out / "manifest.json").exists()
-    assert not list(out.glob(".*.tmp"))
+        fineweb.download("byte260", 3, root, download_fn=first)
+    assert not list(root.rglob(".*.tmp"))
     # Corrupt one finished shard (truncated): it must be fetched again.
-    done = sorted(out.glob("*.bin"))
+    done = sorted(ds.glob("*.bin"))
     assert len(done) == 2
     with open(done[0], "r+b") as f:
         f.truncate(1500)
     second = FakeHub(hub)
-    m = fineweb.download("byte260", 3, out, download_fn=second)
+    info = fineweb.download("byte260", 3, root, download_fn=second)
     fetched = {Path(r).name for r in second.calls}
     assert done[0].name in fetched and done[1].name not in fetched
-    assert m == read_manifest(out)
-    assert len(shard_files(out, "train")) == 3 and len(shard_files(out, "val")) == 1
-    assert m["splits"]["train"]["tokens"] == 1000 + 1001 + 1002
-    tok = load_tokenizer(tokenizer_path(out))
+    # exactly the challenge's paths (data/cached_challenge_fineweb.py), and nothing of golf's
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert files == ["datasets/fineweb10B_byte260/fineweb_train_000000.bin",
+                     "datasets/fineweb10B_byte260/fineweb_train_000001.bin",
+                     "datasets/fineweb10B_byte260/fineweb_train_000002.bin",
+                     "datasets/fineweb10B_byte260/fineweb_val_000000.bin",
+                     "manifest.json", "tokenizers/fineweb_pure_byte_260.json"]
+    assert info["data_path"] == str(ds) and info["train_tokens"] == 1000 + 1001 + 1002
+    # golf reads it as it is: splits by the challenge's names, the tokenizer from data/tokenizers/
+    assert len(shard_files(ds, "train")) == 3 and len(shard_files(ds, "val")) == 1
+    assert tokenizer_path(ds) == root / "tokenizers" / "fineweb_pure_byte_260.json"
+    tok = load_tokenizer(tokenizer_path(ds))
     assert tok.kind == "byte" and tok.vocab_size == 260
-    assert load_split(out, "val").size == 500
-    # Third run: everything present, only the manifest is re-read from disk.
+    assert load_split(ds, "val").size == 500
+    # Third run: everything present, nothing fetched.
     third = FakeHub(hub)
-    fineweb.download("byte260", 3, out, download_fn=third)
+    fineweb.download("byte260", 3, root, download_fn=third)
     assert third.calls == []
+
+
+def test_variants_and_default_shard_count():
+    assert fineweb.dataset_name("sp8192") == "fineweb10B_sp8192" and fineweb.dataset_name("byte260") == "fineweb10B_byte260"
+    with pytest.raises(GolfError, match="unknown variant"):
+        fineweb.dataset_name("sp")
+    assert fineweb.DEFAULT_TRAIN_SHARDS == 80
+    assert fineweb.local_path(Path("data"), "datasets/tokenizers/fineweb_1024_bpe.model") == \
+        Path("data/tokenizers/fineweb_1024_bpe.model")
+
+
+def test_challenge_tokenizer_found_by_published_name_without_manifest(tmp_path):
+    ds = tmp_path / "data" / "datasets" / "fineweb10B_sp1024"
+    write_shard(ds / "fineweb_train_000000.bin", np.arange(4, 100))
+    write_shard(ds / "fineweb_val_000000.bin", np.arange(4, 50))
+    with pytest.raises(GolfError, match="TOKENIZER_PATH"):
+        tokenizer_path(ds)
+    (tmp_path / "data" / "tokenizers").mkdir(parents=True)
+    (tmp_path / "data" / "tokenizers" / "fineweb_1024_bpe.model").write_bytes(b"x")
+    assert tokenizer_path(ds) == tmp_path / "data" / "tokenizers" / "fineweb_1024_bpe.model"
+    assert tokenizer_path(str(ds) + "/") == tmp_path / "data" / "tokenizers" / "fineweb_1024_bpe.model"  # DATA_PATH=.../
