@@ -22,8 +22,11 @@ ARTIFACT ?=
 A ?=
 B ?=
 PROMPT ?=
+OUT ?=
+GITHUB_ID ?=
+AUTHOR ?=
 
-.PHONY: help install data data-fineweb train train-and-submit quantize eval ablate leaderboard verify \
+.PHONY: help install data data-fineweb train train-and-submit quantize eval ablate leaderboard verify submission \
         bundle check-size generate test bench bench-data bench-train bench-quant bench-eval bench-mixers gpu-check
 
 help:
@@ -32,6 +35,7 @@ help:
 	@echo "make data [CORPUS=... VAL=... TOKENIZER=sp|byte VOCAB_SIZE=1024]"
 	@echo "make data-fineweb VARIANT=sp1024 TRAIN_SHARDS=N"
 	@echo "make ablate NAME=x A='ENV=..' B='ENV=..' SEEDS=1,2,3 | make leaderboard | make verify RECORD=path"
+	@echo "make submission RECORD=records/<track>/<record> GITHUB_ID=you [OUT=dir]   (the challenge's PR folder)"
 	@echo "make bundle | make check-size ARTIFACT=path | make bench-{data,train,quant,eval,mixers}"
 
 # Installs into the Python that runs make. CPU torch 2.13.0 unless a torch (e.g. a CUDA build) is
@@ -65,6 +69,11 @@ leaderboard: install
 
 verify: install
 	$(PY) -m golf.submit.cli verify --record "$(RECORD)" $(if $(ARTIFACT),--artifact "$(ARTIFACT)")
+
+# The challenge's pull-request folder from a record: make submission RECORD=records/<track>/<record> GITHUB_ID=you [OUT=dir]
+submission: install
+	$(PY) -m golf.submit.cli submission --record "$(RECORD)" $(if $(OUT),--out "$(OUT)") \
+	    $(if $(GITHUB_ID),--github-id "$(GITHUB_ID)") $(if $(AUTHOR),--author "$(AUTHOR)")
 
 bundle: install
 	$(PY) -m golf.compress.bundle $(if $(RECORD),--record "$(RECORD)")

@@ -3,6 +3,7 @@
     python -m golf.submit.cli submit [--name N] [--preset P] [--seeds 1,2,3] [--track T] [--author A] ...
     python -m golf.submit.cli ablate --name N --a "ENV=.. ENV=.." --b "ENV=.." [--seeds 1,2,3] [--preset P]
     python -m golf.submit.cli verify --record DIR [--artifact PATH] [--seeds S] [--tolerance X]
+    python -m golf.submit.cli submission --record DIR [--out DIR] [--github-id ID] [--author A] [--track T]
 
 Training settings come from the environment under the challenge's names (`make train-and-submit
 NUM_LAYERS=10`) or extra flags (`--num-layers 10`)."""
@@ -14,6 +15,7 @@ from typing import Sequence
 
 from golf.core.utils import GolfError, main_guard
 from golf.submit.ablate import ablate
+from golf.submit.challenge import DEFAULT_OUT, write_submission
 from golf.submit.pipeline import submit
 from golf.submit.settings import settings_from
 from golf.submit.verify import verify
@@ -46,7 +48,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     pv.add_argument("--seeds", help="seeds to check (default: the first; 'all' for every seed)")
     pv.add_argument("--tolerance", type=float, help="allowed |val_bpb diff| (default 1e-4 with --artifact, 0.01 rebuilt)")
     pv.add_argument("--data-path")
+    pc = sub.add_parser("submission", help="the challenge's pull-request folder from a record")
+    pc.add_argument("--record", required=True)
+    pc.add_argument("--out", default=DEFAULT_OUT, help="the challenge repository's root (a fork), or any folder")
+    pc.add_argument("--github-id", default=os.environ.get("GITHUB_ID", ""))
+    pc.add_argument("--author", default=os.environ.get("AUTHOR", ""))
+    pc.add_argument("--track", default="", help="track_10min_16mb | track_non_record_16mb (default: from the record)")
     args, extra = p.parse_known_args(argv)
+    if args.cmd == "submission":
+        if extra:
+            raise GolfError(f"submission takes no training settings ({' '.join(extra)}): nothing is re-run")
+        dest = write_submission(args.record, args.out, args.github_id, args.author, args.track)
+        print(f"wrote {dest}: README.md, submission.json, train_gpt.py, requirements.txt, train_seed*.log")
+        return 0
     if args.cmd == "verify":
         if extra:
             raise GolfError(f"verify takes no training settings ({' '.join(extra)}): the record's config is used")

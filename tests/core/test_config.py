@@ -81,3 +81,44 @@ def test_bare_bool_flag_and_missing_value():
 def test_every_field_has_a_supported_type():
     for name, value in Hyperparameters().to_dict().items():
         assert isinstance(value, (int, float, bool, str)), name
+
+
+# Every setting the challenge's baseline train_gpt.py reads (openai/parameter-golf, os.environ.get).
+CHALLENGE_BASELINE = (
+    "DATA_PATH", "TOKENIZER_PATH", "RUN_ID", "SEED", "VAL_BATCH_SIZE", "VAL_LOSS_EVERY", "TRAIN_LOG_EVERY",
+    "ITERATIONS", "WARMDOWN_ITERS", "WARMUP_STEPS", "TRAIN_BATCH_TOKENS", "TRAIN_SEQ_LEN", "MAX_WALLCLOCK_SECONDS",
+    "QK_GAIN_INIT", "VOCAB_SIZE", "NUM_LAYERS", "NUM_KV_HEADS", "MODEL_DIM", "NUM_HEADS", "MLP_MULT",
+    "TIE_EMBEDDINGS", "ROPE_BASE", "LOGIT_SOFTCAP", "EMBED_LR", "HEAD_LR", "TIED_EMBED_LR", "TIED_EMBED_INIT_STD",
+    "MATRIX_LR", "SCALAR_LR", "MUON_MOMENTUM", "MUON_BACKEND_STEPS", "MUON_MOMENTUM_WARMUP_START",
+    "MUON_MOMENTUM_WARMUP_STEPS", "BETA1", "BETA2", "ADAM_EPS", "GRAD_CLIP_NORM", "CONTROL_TENSOR_NAME_PATTERNS",
+    "INT8_KEEP_FLOAT_FP32_NAME_PATTERNS",
+)
+
+
+@pytest.mark.parametrize("name", CHALLENGE_BASELINE)
+def test_every_challenge_setting_is_honoured_or_refused_never_ignored(name):
+    from golf.core.config import CHALLENGE_NAMES, CHALLENGE_REFUSED, FIELD_TYPES, _coerce
+
+    value = {"DATA_PATH": "d", "TOKENIZER_PATH": "t.model", "RUN_ID": "r", "TIE_EMBEDDINGS": "0"}.get(name, "7")
+    if name in CHALLENGE_REFUSED:
+        with pytest.raises(GolfError, match=f"{name} is the challenge baseline's setting; golf's is [A-Z_]+"):
+            load_config(env={name: value})
+        return
+    key = CHALLENGE_NAMES.get(name, name.lower())
+    assert key in FIELD_TYPES, f"{name} is neither a golf setting nor mapped nor refused"
+    h = load_config(env={name: value}, finalize=False)  # its value reaches golf's setting
+    assert getattr(h, key) == _coerce(key, value, "test") != getattr(load_config(env={}, finalize=False), key)
+
+
+def test_challenge_names_map_onto_golf_and_disagreement_is_an_error():
+    h = load_config(env={"VAL_LOSS_EVERY": "100", "WARMUP_STEPS": "3", "TRAIN_LOG_EVERY": "50",
+                         "VAL_BATCH_SIZE": "32768", "TIED_EMBED_LR": "0.07", "TIED_EMBED_INIT_STD": "0.01"})
+    assert (h.val_every, h.compile_warmup_steps, h.log_every, h.val_batch_tokens, h.embed_lr) == (100, 3, 50, 32768, 0.07)
+    assert h.model_config().tied_embed_init_std == 0.01
+    assert load_config(env={"VAL_LOSS_EVERY": "100", "VAL_EVERY": "100"}).val_every == 100
+    with pytest.raises(GolfError, match="VAL_LOSS_EVERY=100 .* VAL_EVERY=5 disagree"):
+        load_config(env={"VAL_LOSS_EVERY": "100", "VAL_EVERY": "5"})
+    with pytest.raises(GolfError, match="WARMDOWN_FRAC"):
+        load_config(env={"WARMDOWN_ITERS": "1200"})
+    with pytest.raises(GolfError, match="VAL_LOSS_EVERY.*not a valid int"):
+        load_config(env={"VAL_LOSS_EVERY": "often"})
