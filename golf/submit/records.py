@@ -190,12 +190,15 @@ def render_readme(sub: dict[str, Any]) -> str:
         "",
         "## Results per seed",
         "",
-        "| seed | val_bpb | val_loss | val_bpb (round-trip, no sliding) | bytes_total | steps | train s | eval s | run |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| seed | val_bpb | val_loss | val_bpb (round-trip, no sliding) | pre-quant val_bpb (same tokens) | bytes_total "
+        "| steps | train s | eval s | run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sub["seed_results"]:
+        # pre-quant is on the round trip's tokens only when the run measured it there (val_loss_prequant)
+        pre = _f(r.get("val_bpb_prequant")) if r.get("val_loss_prequant") is not None else "-"
         lines.append(
-            f"| {r['seed']} | {_f(r['val_bpb'])} | {_f(r['val_loss'])} | {_f(r.get('val_bpb_roundtrip_nonsliding'))} "
+            f"| {r['seed']} | {_f(r['val_bpb'])} | {_f(r['val_loss'])} | {_f(r.get('val_bpb_roundtrip_nonsliding'))} | {pre} "
             f"| {r['bytes_total']:,} | {_f(r.get('steps'))} | {_f(r.get('train_seconds'), 1)} "
             f"| {_f(r.get('eval_seconds'), 1)} | {r.get('run_id', '-')}{' (cached)' if r.get('reused') else ''} |"
         )

@@ -440,3 +440,52 @@ def test_end_to_end_real_stages(tmp_path, monkeypatch):
     assert sub["config"]["model_dim"] == 32 and sub["config"]["vocab_size"] == vocab
     art = next((tmp_path / "runs").glob("e2e_*")) / "model.ptz"
     assert VE.verify(dest, artifact=art, stages=stages)
+
+
+def challenge_download(root: Path, train=(300, 200), val=(150,)) -> Path:
+    """The challenge's layout as data/cached_challenge_fineweb.py writes it: no golf manifest; the
+    tokenizer under data/tokenizers/, named by data/manifest.json."""
+    from golf.data.shards import write_shard
+
+    ds = root / "datasets" / "fineweb10B_byte260"
+    rng = np.random.default_rng(0)
+    for i, n in enumerate(train):
+        write_shard(ds / f"fineweb_train_{i:06d}.bin", rng.integers(4, 260, n))
+    for i, n in enumerate(val):
+        write_shard(ds / f"fineweb_val_{i:06d}.bin", rng.integers(4, 260, n))
+    ByteTokenizer().save(root / "tokenizers" / "fineweb_pure_byte_260.json")
+    (root / "manifest.json").write_text(json.dumps({
+        "datasets": [{"name": "fineweb10B_byte260", "tokenizer_name": "byte260"}],
+        "tokenizers": [{"name": "byte260", "path": "tokenizers/fineweb_pure_byte_260.json"}]}))
+    return ds
+
+
+def test_challenge_download_is_read_checked_and_pinned_without_a_golf_manifest(tmp_path):
+    ds = challenge_download(tmp_path / "data")
+    h = load_config(env={"DATA_PATH": str(ds), "VOCAB_SIZE": "260"})
+    RU.ensure_data(h, RU.Stages(), tmp_path / "prep.log")  # accepted as it is, nothing prepared
+    key = RU.manifest_hash(h)
+    assert key and key == RU.manifest_hash(h)
+    data = R.store_manifest(tmp_path / "records", ds)
+    stored = json.loads((tmp_path / "records" / "manifests" / "fineweb10B_byte260" / f"{data['manifest_sha256']}.json").read_text())
+    assert stored["splits"]["train"]["tokens"] == 500 and stored["splits"]["val"]["tokens"] == 150
+    assert stored["tokenizer"]["sha256"] == ByteTokenizer().sha256 and data["split_tokens"] == {"train": 500, "val": 150}
+    # the leak check works from that description as from golf's manifest
+    rec = tmp_path / "records" / "x" / "2026-12-03_r"
+    rec.mkdir(parents=True)
+    (rec / "train_seed1.log").write_text("train_tokens:650\n")
+    assert "validation shards were read" in " ".join(R.data_leak_problems(tmp_path / "records", rec, data))
+    (rec / "train_seed1.log").write_text("train_tokens:500\n")
+    assert R.data_leak_problems(tmp_path / "records", rec, data) == []
+    # a changed shard changes the cache key (no manifest hash to rely on)
+    os.utime(ds / "fineweb_train_000001.bin", ns=(1, 1))
+    assert RU.manifest_hash(h) != key
+    # hostile: a download without its val shards, or a folder of other names, is refused before training
+    (ds / "fineweb_val_000000.bin").rename(ds / "fineweb_val_000000.bin.part")
+    with pytest.raises(GolfError, match="no val shards"):
+        RU.ensure_data(h, RU.Stages(), tmp_path / "prep.log")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "wiki_train_val_000000.bin").write_bytes(b"")
+    with pytest.raises(GolfError, match="neither golf's manifest.json nor the challenge's"):
+        RU.ensure_data(load_config(env={"DATA_PATH": str(other)}), RU.Stages(), tmp_path / "prep.log")
