@@ -25,12 +25,14 @@ def main() -> None:
     ap.add_argument("--code", help="the submitted code file (default: the bundle, generated now)")
     ap.add_argument("--packing", default="int8", choices=["int8", "bits", "auto"],
                     help="integer layout (golf/compress/pack.py; int8 byte containers compress best in our measurements)")
+    ap.add_argument("--data-path", help="QUANT_SCHEME=gptq: the data folder whose training split calibrates "
+                                         "(default: the checkpoint's DATA_PATH)")
     ap.add_argument("--json", action="store_true", help="print the size report as JSON")
     a = ap.parse_args()
     if a.check:
         size = check_size(a.check, a.code)
     else:
-        size = quantize_checkpoint(a.checkpoint, a.out, a.packing, a.code)
+        size = quantize_checkpoint(a.checkpoint, a.out, a.packing, a.code, a.data_path)
         print(f"wrote {size['artifact']} and size.json beside it")
     print(json.dumps(size, indent=2) if a.json else format_size(size))
     if not size["fits"]:

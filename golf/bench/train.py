@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from golf.compress.quant import clip_ratios, quant_plan
+from golf.compress.quant import clip_plan, quant_plan
 from golf.core.config import load_config
 from golf.core.utils import atomic_write_json, device_description, git_commit, main_guard, package_versions, today
 from golf.data.loader import TokenLoader
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     optimizers = build_optimizers(model, h)
     params = [p for p in model.parameters() if p.requires_grad]
     if args.qat:
-        model.set_qat_bits(quant_plan(model, h), clip_ratios(h))
+        model.set_qat_bits(quant_plan(model, h), clip_plan(model, h))
     fwd = torch.compile(model, dynamic=False) if compile else model
     micro, accum = batch_layout(h, 1, d.device.type)
     tokens = np.random.default_rng(0).integers(4, h.vocab_size, size=max(4 * h.train_batch_tokens, 1 << 20))

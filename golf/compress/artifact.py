@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from golf.compress import pack as packing_mod
-from golf.compress.quant import bits_for_tensor, clip_ratios
+from golf.compress.quant import bits_for_tensor, clip_for
 from golf.core.config import GPTConfig
 from golf.core.utils import GolfError, atomic_path, git_commit, sha256_bytes
 from golf.model.gpt import GPT
@@ -104,17 +104,20 @@ def save_artifact(
     h: Any,
     tokenizer_sha256: str,
     packing: str = "int8",
+    quantized: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
     """Quantise `model` with the policy in golf.compress.quant and write the artifact atomically.
 
     packing: "int8" | "bits" | "auto" (measure both per tensor with zstd, keep the smaller).
+    quantized: {tensor name: (int8 q [rows, cols], fp16 scales [rows])} already computed by another
+    scheme (GPTQ, golf/compress/gptq.py) at the policy's widths; other tensors are rounded here.
     Returns the size report: bytes, payload/header bytes, params, bits_per_param, groups, seconds."""
     if packing not in ("int8", "bits", "auto"):
         raise GolfError(f"packing={packing!r}: use int8, bits or auto")
     level = int(h.get("zstd_level", 22) if isinstance(h, dict) else getattr(h, "zstd_level", 22))
     t0 = time.perf_counter()
     sd, groups = export_tensors(model)
-    ratios = clip_ratios(h)
+    quantized = quantized or {}
 
     # 1. encode every tensor into named blobs (kind decides the payload order)
     entries: list[dict[str, Any]] = []
@@ -145,7 +148,7 @@ def save_artifact(
                 e.update(encoding="fp16", bits=16)
                 blobs.append(((groups[name], 2, name), _to_bytes(t.to(torch.float16)), e, ""))
             else:
-                q, s = quantize_rows(t, bits, ratios)
+                q, s = quantized[name] if name in quantized else quantize_rows(t, bits, clip_for(groups[name], h))
                 qn = q.numpy()
                 how = packing
                 if how == "auto":

@@ -11,11 +11,15 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from golf.compress.artifact import _PAYLEN, _PREFIX, _build_gpt, read_artifact, save_artifact, size_report
+from golf.compress.artifact import _PAYLEN, _PREFIX, _build_gpt, export_tensors, read_artifact, save_artifact, size_report
 from golf.compress.codesize import code_bytes
+from golf.compress.gptq import collect_hessians, gptq_quantize
+from golf.compress.quant import bits_for_tensor, clip_for
 from golf.core.checkpoint import load_checkpoint
 from golf.core.config import BYTES_CAP, from_dict
 from golf.core.utils import GolfError, atomic_write_json
+from golf.data.loader import TokenLoader
+from golf.model.quantgrid import FP16
 
 Calibration = Callable[[], Iterator[torch.Tensor]]
 
@@ -40,16 +44,46 @@ def export(model: nn.Module, h: Any, tokenizer_sha256: str, out: str | Path, cal
     read it back, check the byte budget and write size.json beside it.
 
     calibration: a callable returning an iterator of training token batches [B, T] (never
-    validation), for quantisers that need activations (GPTQ's Hessians, golf issue 16). The
-    round-to-nearest quantiser here needs none and does not call it."""
+    validation), for quantisers that need activations: QUANT_SCHEME=gptq collects its Hessians
+    from them. Round-to-nearest (rtn) needs none and does not call it."""
     out = Path(out)
-    rep = save_artifact(out, model, h, tokenizer_sha256, packing=packing)
+    t0 = time.perf_counter()
+    quantized = gptq_tensors(model, h, calibration) if getattr(h, "quant_scheme", "rtn") == "gptq" else {}
+    t_gptq = time.perf_counter() - t0
+    rep = save_artifact(out, model, h, tokenizer_sha256, packing=packing, quantized=quantized)
+    if quantized:
+        rep["seconds"]["gptq"] = round(t_gptq, 3)
+        rep["gptq_tensors"] = len(quantized)
     t0 = time.perf_counter()
     read_artifact(out)  # round-trip check + decompression time
     rep["seconds"]["decompress"] = round(time.perf_counter() - t0, 3)
     size = _budget(rep, code, _config(h))
     atomic_write_json(out.with_name("size.json"), size)
     return ExportResult(out, size)
+
+
+def calibration_batches(h: Any) -> Iterator[torch.Tensor]:
+    """QUANT_CALIB_BATCHES token batches [QUANT_CALIB_SEQS, TRAIN_SEQ_LEN] from the *training* split
+    (never validation): the export stage's `calibration` seam."""
+    loader = TokenLoader.from_data_path(h.data_path, h.vocab_size, seq_len=h.train_seq_len,
+                                        local_batch_seqs=int(getattr(h, "quant_calib_seqs", 8)), seed=h.seed + 1)
+    for _ in range(int(getattr(h, "quant_calib_batches", 8))):
+        yield loader.next_batch()[0]
+
+
+def gptq_tensors(model: nn.Module, h: Any, calibration: Calibration | None) -> dict[str, tuple]:
+    """QUANT_SCHEME=gptq: Hessians from the calibration batches (training data), then GPTQ for every
+    integer-quantised tensor that has one (the linear layers and a tied embedding); the rest (lookup
+    tables such as BigramHash, memory tokens) are rounded to nearest by save_artifact."""
+    if calibration is None:
+        raise GolfError("QUANT_SCHEME=gptq needs calibration batches of training data; the export stage was "
+                        "called without them (quantize.py: pass --data-path)")
+    sd, groups = export_tensors(model)
+    bits = {n: bits_for_tensor(t, groups[n], h) for n, t in sd.items()
+            if t.is_floating_point() and groups[n] != "buffer"}
+    want = {n for n, b in bits.items() if b < FP16}
+    hessians = collect_hessians(model, calibration(), want)
+    return {n: gptq_quantize(sd[n], H, bits[n], clip_for(groups[n], h)) for n, H in hessians.items() if n in sd}
 
 
 def model_from_checkpoint(ck: dict[str, Any], path: str | Path = "checkpoint") -> tuple[nn.Module, Any]:
@@ -66,14 +100,18 @@ def model_from_checkpoint(ck: dict[str, Any], path: str | Path = "checkpoint") -
 
 
 def quantize_checkpoint(
-    checkpoint: str | Path, out: str | Path | None = None, packing: str = "int8", code: str | Path | None = None
+    checkpoint: str | Path, out: str | Path | None = None, packing: str = "int8", code: str | Path | None = None,
+    data_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """final.pt -> model.ptz (+ size.json beside it). Returns the size report (bytes_total etc.)."""
     checkpoint = Path(checkpoint)
     ck = load_checkpoint(checkpoint, final=True)
     model, h = model_from_checkpoint(ck, checkpoint)
     out = Path(out) if out else checkpoint.with_name("model.ptz")
-    res = export(model, h, str(ck.get("tokenizer_sha256", "")), out, packing=packing, code=code)
+    if data_path:
+        h.data_path = str(data_path)
+    res = export(model, h, str(ck.get("tokenizer_sha256", "")), out, packing=packing, code=code,
+                 calibration=lambda: calibration_batches(h))
     res.size.update(checkpoint=str(checkpoint))
     atomic_write_json(out.with_name("size.json"), res.size)
     return res.size

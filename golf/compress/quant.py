@@ -9,10 +9,10 @@ import torch
 from torch import Tensor
 
 from golf.compress.codesize import bundled_code_bytes
-from golf.core.config import BYTES_CAP, parse_clip_ratios
+from golf.core.config import BYTES_CAP, parse_clip_ratios, parse_clip_sigmas
 from golf.core.utils import GolfError
 from golf.model.mixer import quant_group_of
-from golf.model.quantgrid import CLIP_RATIOS, FP16, quantize_dequantize
+from golf.model.quantgrid import CLIP_RATIOS, FP16, Clip, quantize_dequantize
 
 # Tensors smaller than this (or vectors) stay fp16: they are few bytes in total and the sensitive
 # ones (gains, gates, memory tokens); the public records keep tensors <= 65536 elements in fp16.
@@ -96,13 +96,27 @@ def clip_ratios(h_or_cfg: Any) -> tuple[float, ...]:
     return parse_clip_ratios(spec)
 
 
+def clip_for(group: str, h_or_cfg: Any) -> Clip:
+    """A group's clip rule: SDClip's k where QUANT_CLIP_SIGMAS names the group, else the search ratios."""
+    try:
+        sigmas = parse_clip_sigmas(_get(h_or_cfg, "quant_clip_sigmas"))
+    except (KeyError, AttributeError):
+        sigmas = {}
+    return sigmas[group] if group in sigmas else clip_ratios(h_or_cfg)
+
+
+def clip_plan(model: torch.nn.Module, h_or_cfg: Any) -> dict[str, Clip]:
+    """{parameter name: clip rule}, the companion of quant_plan (QAT and the exporter share both)."""
+    return {name: clip_for(quant_group_of(p), h_or_cfg) for name, p in model.named_parameters()}
+
+
 def quantize_model_(model: torch.nn.Module, h_or_cfg: Any) -> dict[str, int]:
     """Replace every parameter in place by its quantise->dequantise round trip (the model the
-    artifact will rebuild). Returns the plan used."""
-    plan, ratios = quant_plan(model, h_or_cfg), clip_ratios(h_or_cfg)
+    artifact will rebuild with the RTN scheme). Returns the plan used."""
+    plan, clips = quant_plan(model, h_or_cfg), clip_plan(model, h_or_cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.copy_(quantize_dequantize(p, plan[name], ratios))
+            p.copy_(quantize_dequantize(p, plan[name], clips[name]))
     return plan
 
 

@@ -130,6 +130,12 @@ class Hyperparameters(GPTConfig):
     quant_other_bits: int = 6  # matrices that are neither MLP, attention nor embedding
     quant_min_numel: int = 65536  # smaller tensors (and vectors) stay fp16 (golf/compress/quant.py)
     quant_clip_ratios: str = "1.0,0.95,0.9,0.85,0.8"  # per-row clip search; "1.0" = plain abs-max (fewer bytes)
+    # SDClip (PR #1394): "" = the clip search above; a number = every group's row clip at k x its std;
+    # or per group, e.g. "mlp=11.5,attn=13,embed=14,other=12.85" (groups left out keep the search)
+    quant_clip_sigmas: str = ""
+    quant_scheme: str = "rtn"  # rtn (round to nearest) | gptq (Hessian error feedback from training batches)
+    quant_calib_batches: int = 8  # gptq: training batches (never validation) for the Hessians
+    quant_calib_seqs: int = 8  # sequences of TRAIN_SEQ_LEN per calibration batch
     zstd_level: int = 22
     # --- evaluation ----------------------------------------------------------------------------
     eval_seq_len: int = 0  # 0 = train_seq_len
@@ -158,6 +164,11 @@ class Hyperparameters(GPTConfig):
             if getattr(self, name) not in allowed:
                 raise GolfError(f"{name.upper()}={getattr(self, name)!r}: use one of {', '.join(allowed)}")
         parse_clip_ratios(self.quant_clip_ratios)  # a bad QUANT_CLIP_RATIOS fails here, not at export
+        parse_clip_sigmas(self.quant_clip_sigmas)
+        if self.quant_scheme not in QUANT_SCHEMES:
+            raise GolfError(f"QUANT_SCHEME={self.quant_scheme!r}: use one of {', '.join(QUANT_SCHEMES)}")
+        if self.quant_scheme == "gptq" and (self.quant_calib_batches < 1 or self.quant_calib_seqs < 1):
+            raise GolfError("QUANT_SCHEME=gptq needs QUANT_CALIB_BATCHES >= 1 and QUANT_CALIB_SEQS >= 1")
         if self.eval_stride <= 0 or self.eval_stride > self.eval_seq_len:
             raise GolfError(
                 f"EVAL_STRIDE={self.eval_stride} must be between 1 and EVAL_SEQ_LEN={self.eval_seq_len}"
@@ -196,6 +207,33 @@ def layer_mixers(cfg: GPTConfig) -> list[str]:
         return names * (n // len(names))
     raise GolfError(f"MIXERS lists {len(names)} layers but NUM_LAYERS={n}: give one mixer per layer, "
                     f"a pattern whose length divides {n}, or MIXERS=swa_pattern")
+
+
+QUANT_SCHEMES = ("rtn", "gptq")
+QUANT_GROUPS = ("mlp", "attn", "embed", "other")
+
+
+def parse_clip_sigmas(spec: Any) -> dict[str, float]:
+    """QUANT_CLIP_SIGMAS -> {group: k} for the groups that use SDClip ("" -> none; "12" -> all)."""
+    spec = str(spec or "").strip()
+    if not spec:
+        return {}
+    out: dict[str, float] = {}
+    try:
+        if "=" not in spec:
+            out = {g: float(spec) for g in QUANT_GROUPS}
+        else:
+            for part in spec.split(","):
+                g, _, v = part.partition("=")
+                if g.strip() not in QUANT_GROUPS:
+                    raise ValueError(g)
+                out[g.strip()] = float(v)
+    except ValueError:
+        out = {}
+    if not out or not all(0 < v <= 64 for v in out.values()):
+        raise GolfError(f"QUANT_CLIP_SIGMAS={spec!r}: give k (every group's row clip = k x the row's std) or "
+                        f"group=k pairs from {', '.join(QUANT_GROUPS)}, e.g. mlp=11.5,attn=13,embed=14; k in (0, 64]")
+    return out
 
 
 def parse_clip_ratios(spec: Any) -> tuple[float, ...]:

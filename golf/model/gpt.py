@@ -17,6 +17,7 @@ QAT: the trainer calls `model.set_qat_bits(golf.compress.quant.quant_plan(model,
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -182,18 +183,21 @@ class GPT(nn.Module):
         """Weights that go into the artifact: everything but training-only parts (MTP heads)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
 
-    def set_qat_bits(self, plan: dict[str, int] | int, ratios: tuple[float, ...] | None = None) -> int:
+    def set_qat_bits(self, plan: dict[str, int] | int, clips: Any = None) -> int:
         """Late QAT on/off. plan maps parameter names ("blocks.0.mlp.fc.weight") to bit widths (as
         golf.compress.quant.quant_plan returns), or one int for every CastedLinear; 0 or >= 16 = off.
-        ratios: the exporter's clip ratios (golf.compress.quant.clip_ratios(h)); None keeps the layers'.
+        clips: the exporter's clip rule, one for all layers (search ratios or SDClip's k) or a dict
+        by parameter name (golf.compress.quant.clip_plan); None keeps the layers'.
         Returns how many layers now fake-quantise."""
         n = 0
         for name, m in self.named_modules():
             if isinstance(m, CastedLinear):
                 bits = plan if isinstance(plan, int) else int(plan.get(f"{name}.weight", 0))
                 m.qat_bits = bits if 0 < bits < 16 else 0
-                if ratios is not None:
-                    m.qat_ratios = tuple(ratios)
+                if isinstance(clips, dict):
+                    m.qat_ratios = clips.get(f"{name}.weight", m.qat_ratios)
+                elif clips is not None:
+                    m.qat_ratios = clips
                 n += m.qat_bits > 0
         return n
 

@@ -27,7 +27,7 @@ class CastedLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__(in_features, out_features, bias=bias)
         self.qat_bits = 0
-        self.qat_ratios: tuple[float, ...] | None = None  # None = golf.model.quantgrid.CLIP_RATIOS
+        self.qat_ratios: tuple[float, ...] | float | None = None  # clip rule; None = quantgrid.CLIP_RATIOS
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight

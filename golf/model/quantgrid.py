@@ -7,6 +7,12 @@ public records' "GPTQ-lite" clip search; per-row fp16 scales as in the parameter
 entries). The scale is rounded to fp16 *before* the integers are computed, so dequantisation with
 the stored scale reproduces exactly what the search scored.
 
+Two clip rules, chosen per tensor group (golf/compress/quant.py, `clip_for`):
+  search  a tuple of ratios of the row abs-max: the one with the smallest squared error wins;
+  sdclip  a float k: the row's clip is k x its standard deviation (PR #1394's SDClip), so the grid
+          step is k*std/qmax whatever the row's outliers; with GPTQ's error feedback a coarse grid
+          (k = 11.5..14 at int6) costs little error and its integers compress far better.
+
 It lives with the model because late QAT (golf/model/layers.py, CastedLinear) trains against the
 same grid the exporter (golf/compress/) writes.
 """
@@ -23,6 +29,8 @@ from torch import Tensor
 CLIP_RATIOS: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8)
 
 FP16 = 16  # "bits" value meaning: keep the tensor in fp16, no integer quantisation
+
+Clip = "tuple[float, ...] | float"  # search ratios, or SDClip's k (see the module doc)
 
 
 def qmax_for(bits: int) -> int:
@@ -46,14 +54,31 @@ def _round_clamp(x: Tensor, scale: Tensor, qmax: int) -> Tensor:
     return torch.clamp(torch.round(x / scale), -qmax, qmax)
 
 
-def quantize_rows(w: Tensor, bits: int, ratios: tuple[float, ...] = CLIP_RATIOS) -> tuple[Tensor, Tensor]:
+def sd_scales(w: Tensor, bits: int, sigmas: float) -> Tensor:
+    """SDClip: per-row fp16-representable scales sigmas * std(row) / qmax (fp32 tensor [rows])."""
+    x = _rows(w.detach()).to(torch.float32)
+    std = x.std(dim=1, unbiased=False) if x.shape[1] > 1 else x.abs().reshape(-1)
+    return _scale_for(std, float(sigmas), qmax_for(bits))
+
+
+def row_scales(w: Tensor, bits: int, clip: Clip = CLIP_RATIOS) -> Tensor:
+    """The scales quantize_rows would pick for w under `clip` (GPTQ fixes them before its sweep)."""
+    if isinstance(clip, (int, float)):
+        return sd_scales(w, bits, float(clip))
+    return quantize_rows(w, bits, clip)[1].to(torch.float32)
+
+
+def quantize_rows(w: Tensor, bits: int, ratios: Clip = CLIP_RATIOS) -> tuple[Tensor, Tensor]:
     """Fast (vectorised) per-row quantiser. w: [rows, ...] float -> (q int8 [rows, cols], scale fp16 [rows]).
 
-    For every row and every clip ratio in `ratios` the row is rounded to the grid and its squared error summed
-    (in fp64, so near-ties are decided the same way as the row-by-row reference); the ratio with the
-    smallest error wins, the first on ties."""
+    `ratios` a tuple (search): for every row and every clip ratio the row is rounded to the grid and
+    its squared error summed (in fp64, so near-ties are decided the same way as the row-by-row
+    reference); the ratio with the smallest error wins, the first on ties. A float: SDClip's k."""
     qmax = qmax_for(bits)
     x = _rows(w.detach()).to(torch.float32)
+    if isinstance(ratios, (int, float)):
+        s = sd_scales(x, bits, float(ratios))
+        return _round_clamp(x, s[:, None], qmax).to(torch.int8), s.to(torch.float16)
     absmax = x.abs().amax(dim=1)
     best_err = best_q = best_s = None
     for ratio in ratios:
@@ -94,7 +119,7 @@ def dequantize_rows(q: Tensor, scale: Tensor, shape: tuple[int, ...] | torch.Siz
     return (q.to(torch.float32) * scale.to(torch.float32)[:, None]).reshape(shape).to(dtype)
 
 
-def quantize_dequantize(w: Tensor, bits: int, ratios: tuple[float, ...] = CLIP_RATIOS) -> Tensor:
+def quantize_dequantize(w: Tensor, bits: int, ratios: Clip = CLIP_RATIOS) -> Tensor:
     """What the artifact will hold for w (same shape and dtype); bits >= 16 -> fp16 round-trip."""
     if bits >= FP16:
         return w.detach().to(torch.float16).to(w.dtype)
@@ -102,7 +127,7 @@ def quantize_dequantize(w: Tensor, bits: int, ratios: tuple[float, ...] = CLIP_R
     return dequantize_rows(q, s, w.shape, w.dtype)
 
 
-def fake_quantize(w: Tensor, bits: int, ratios: tuple[float, ...] = CLIP_RATIOS) -> Tensor:
+def fake_quantize(w: Tensor, bits: int, ratios: Clip = CLIP_RATIOS) -> Tensor:
     """Differentiable fake quantisation for QAT: the SAME grid and per-row clip search as the exporter
     (no cheaper approximation: the search is 5 elementwise passes over a weight, small next to the
     matmuls). bits <= 0 or >= 16 returns w unchanged. The straight-through estimator (Bengio et al.

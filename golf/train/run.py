@@ -9,31 +9,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import torch
 import torch.distributed as dist
 
-from golf.compress.export import export, model_from_checkpoint
+from golf.compress.export import calibration_batches, export, model_from_checkpoint
 from golf.core.checkpoint import load_checkpoint
 from golf.core.config import Hyperparameters
 from golf.core.dist import Dist, teardown
 from golf.core.utils import GolfError
-from golf.data.loader import TokenLoader
-from golf.eval.report import plot_bpb_vs_position, summary, write_report
 from golf.data.bpb import build_luts
 from golf.data.folder import load_data_tokenizer, load_split
+from golf.eval.report import plot_bpb_vs_position, summary, write_report
 from golf.eval.score import evaluate_contexts, score
 from golf.train.trainer import run_training, setup_distributed, submission_log
-
-
-def calibration_batches(h: Hyperparameters, batches: int = 8, seqs: int = 8) -> Iterator[torch.Tensor]:
-    """Token batches [seqs, TRAIN_SEQ_LEN] from the *training* split (never validation), for a
-    quantiser that needs activations (the export stage's `calibration` seam)."""
-    loader = TokenLoader.from_data_path(h.data_path, h.vocab_size, seq_len=h.train_seq_len,
-                                        local_batch_seqs=seqs, seed=h.seed + 1)
-    for _ in range(batches):
-        yield loader.next_batch()[0]
 
 
 def score_contexts(h: Hyperparameters) -> str:

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 from golf.compress.codesize import in_bundle
-from golf.compress.quant import clip_ratios, estimate_artifact_bytes, quant_plan
+from golf.compress.quant import clip_plan, estimate_artifact_bytes, quant_plan
 from golf.core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from golf.core.config import BYTES_CAP
 from golf.core.dist import Dist, setup, teardown
@@ -413,7 +413,7 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
                    weight_decay=g.get("weight_decay", 0.0))
     params = [p for p in model.parameters() if p.requires_grad]
     plan = quant_plan(model, h) if h.qat else {}
-    model.set_qat_bits(0, clip_ratios(h))  # QAT, when it starts, uses the exporter's clip ratios too
+    model.set_qat_bits(0, clip_plan(model, h))  # QAT, when it starts, uses the exporter's clip rules too
     fwd: nn.Module = torch.compile(model, dynamic=False, backend=h.compile_backend) if use_compile else model
     if d.on:
         from torch.nn.parallel import DistributedDataParallel as DDP

@@ -1,18 +1,15 @@
 """golf/train/run.py: `python train_gpt.py` trains, exports and scores in one process; its score is
 the artifact's, equal to scoring that artifact alone (eval_bpb.py's stage); export's calibration
-batches come from the training split."""
+batches come from the training split (tests/compress/test_gptq.py)."""
 import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from train.test_train import REPO, args, sub_env
 
-from golf.core.config import load_config
 from golf.data.folder import load_split
 from golf.eval.score import score
-from golf.train import run as R
 
 
 def test_train_gpt_trains_exports_and_scores_in_one_process(byte_data_dir, tmp_path):
@@ -36,19 +33,6 @@ def test_train_gpt_trains_exports_and_scores_in_one_process(byte_data_dir, tmp_p
     alone = score(run_dir / "model.ptz", byte_data_dir, device="cpu")
     assert alone["val_bpb"] == pytest.approx(ev["val_bpb"], rel=1e-9, abs=1e-9)
     assert alone["tokens"] == ev["tokens"] == load_split(byte_data_dir, "val").size - 1  # the whole val split
-
-
-def test_calibration_batches_come_from_the_training_split(byte_data_dir):
-    h = load_config(args(byte_data_dir, "runs", "c"), env={})
-    train = np.asarray(load_split(byte_data_dir, "train"))
-    val = np.asarray(load_split(byte_data_dir, "val"))
-    batches = list(R.calibration_batches(h, batches=3, seqs=2))
-    assert len(batches) == 3 and all(b.shape == (2, h.train_seq_len) for b in batches)
-    text = train.tobytes()
-    for b in batches:
-        for row in b.numpy().astype(np.uint16):
-            assert row.tobytes() in text + text[:2 * h.train_seq_len]  # a window of the (circular) train stream
-            assert row.tobytes() not in val.tobytes()
 
 
 def test_score_takes_an_evaluation_strategy(byte_data_dir, tmp_path):
