@@ -11,15 +11,17 @@ Layout (all integers little-endian):
               raw_sha256 / raw_bytes (of the decompressed payload), frames [{group, raw_bytes,
               zstd_bytes}]
     u64       payload length P
-    P bytes   the payload: one zstd level-22 (ZSTD_LEVEL) frame per quant group, back to back; the
-              frames decompress to the tensors' blobs back to back, and the manifest's offsets refer
-              to that decompressed payload.
+    P bytes   the payload: one frame per quant group, back to back, each compressed with the header's
+              `compressor` (zstd at ZSTD_LEVEL by default; brotli, lzma or lrzip: COMPRESSOR,
+              golf/compress/codecs.py); the frames decompress to the tensors' blobs back to back, and
+              the manifest's offsets refer to that decompressed payload.
 
 One frame per group makes the per-group byte attribution of `make check-size` exact (no second
 compression pass) and lets the groups compress in parallel; the cost is that zstd cannot match
 across groups, which trained weights almost never would.
 
-Encodings: "q" = per-row integers (golf.compress.pack layout) + fp16 row scales; "fp16" = raw fp16; "raw" =
+Encodings: "q" = per-row integers (golf.compress.pack layout; with QUANT_LAYOUT=sorted|sorted_t the
+rows in an L1 nearest-neighbour order, stored by row or by column, and the order as a "perm" blob) + fp16 row scales; "fp16" = raw fp16; "raw" =
 the tensor's own dtype (non-float buffers); "alias" = same tensor as `alias_of` (tied embeddings
 are stored once). Within a group's frame, blobs are ordered by kind (integers by bit width, then
 scales, then fp16) so each zstd block sees one value distribution.
@@ -42,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from golf.compress import codecs
 from golf.compress import pack as packing_mod
 from golf.compress.quant import bits_for_tensor, clip_for
 from golf.core.config import GPTConfig
@@ -114,7 +117,10 @@ def save_artifact(
     Returns the size report: bytes, payload/header bytes, params, bits_per_param, groups, seconds."""
     if packing not in ("int8", "bits", "auto"):
         raise GolfError(f"packing={packing!r}: use int8, bits or auto")
-    level = int(h.get("zstd_level", 22) if isinstance(h, dict) else getattr(h, "zstd_level", 22))
+    get = (lambda k, d: h.get(k, d)) if isinstance(h, dict) else (lambda k, d: getattr(h, k, d))  # noqa: E731
+    level, compressor, layout = int(get("zstd_level", 22)), str(get("compressor", "zstd")), str(get("quant_layout", "rows"))
+    codecs.check_compressor(compressor)
+    codecs.check_layout(layout)
     t0 = time.perf_counter()
     sd, groups = export_tensors(model)
     quantized = quantized or {}
@@ -154,8 +160,12 @@ def save_artifact(
                 if how == "auto":
                     how, _ = packing_mod.best_packing(qn, bits, level)
                 e.update(encoding="q", bits=bits, packing=how, rows=int(q.shape[0]))
-                blobs.append(((groups[name], 0, bits, how, name), packing_mod.pack(qn, bits, how), e, ""))
+                laid, order = codecs.arrange(qn.reshape(q.shape[0], -1), layout)
+                blobs.append(((groups[name], 0, bits, how, name), packing_mod.pack(laid, bits, how), e, ""))
                 blobs.append(((groups[name], 1, name), _to_bytes(s), e, "scale_"))
+                if order is not None:
+                    e["layout"] = layout
+                    blobs.append(((groups[name], 4, name), order.astype(codecs.perm_dtype(len(order))).tobytes(), e, "perm_"))
         entries.append(e)
     t_quant = time.perf_counter() - t0
 
@@ -174,16 +184,17 @@ def save_artifact(
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=max(1, min(len(sections), os.cpu_count() or 1))) as ex:
-        frames = list(ex.map(lambda sec: _zstd(level).compress(raw_bytes[sec[1]:sec[2]]), sections))
+        frames = list(ex.map(lambda sec: codecs.compress(raw_bytes[sec[1]:sec[2]], compressor, level), sections))
     payload = b"".join(frames)
     t_compress = time.perf_counter() - t1
-    frame_info = [{"group": g, "raw_bytes": end - start, "zstd_bytes": len(f)} for (g, start, end), f in zip(sections, frames)]
+    frame_info = [{"group": g, "raw_bytes": end - start, "compressed_bytes": len(f)}
+                  for (g, start, end), f in zip(sections, frames)]
 
     cfg = h.to_dict() if hasattr(h, "to_dict") else dict(h)
     model_config = asdict(h.model_config()) if hasattr(h, "model_config") else dict(cfg.get("model_config", {}))
     header = {
         "format_version": FORMAT_VERSION, "model_config": model_config, "tokenizer_sha256": tokenizer_sha256,
-        "config": cfg, "commit": git_commit(), "zstd_level": level, "tensors": entries,
+        "config": cfg, "commit": git_commit(), "zstd_level": level, "compressor": compressor, "tensors": entries,
         "raw_bytes": len(raw_bytes), "raw_sha256": sha256_bytes(raw_bytes), "payload_sha256": sha256_bytes(payload),
         "frames": frame_info,
     }
@@ -196,6 +207,10 @@ def save_artifact(
     report = size_report(header, len(data), len(payload), len(header_z))
     report.update(path=str(path), seconds={"quantize": round(t_quant, 3), "compress": round(t_compress, 3)})
     return report
+
+
+def _frame_bytes(frame: dict) -> int:
+    return int(frame["compressed_bytes"] if "compressed_bytes" in frame else frame["zstd_bytes"])  # zstd_bytes: older
 
 
 def size_report(header: dict, total: int, payload_bytes: int, header_bytes: int) -> dict[str, Any]:
@@ -218,7 +233,7 @@ def size_report(header: dict, total: int, payload_bytes: int, header_bytes: int)
     for f in header.get("frames", []):
         g = groups.setdefault(f["group"], {"params": 0, "tensors": 0, "bits": {}, "raw_bytes": 0, "compressed_bytes": 0})
         g["raw_bytes"] += f["raw_bytes"]
-        g["compressed_bytes"] += f["zstd_bytes"]
+        g["compressed_bytes"] += _frame_bytes(f)
     for g in groups.values():
         g["bits_per_param"] = round(8 * g["compressed_bytes"] / max(g["params"], 1), 3)
     return {
@@ -263,14 +278,15 @@ def read_artifact(path: str | Path) -> tuple[dict[str, Any], bytes]:
         raise GolfError(f"{path}: truncated artifact (payload {len(payload)} of {plen} bytes); {fix}")
     if sha256_bytes(payload) != header.get("payload_sha256"):
         raise GolfError(f"{path}: corrupt artifact (payload SHA-256 mismatch); {fix}")
+    compressor = header.get("compressor", "zstd")  # artifacts before COMPRESSOR existed are zstd
     try:
         parts, pos = [], 0
         for f in header["frames"]:
-            frame = payload[pos:pos + f["zstd_bytes"]]
-            parts.append(zstandard.ZstdDecompressor().decompress(frame, max_output_size=f["raw_bytes"]))
-            pos += f["zstd_bytes"]
+            n = _frame_bytes(f)
+            parts.append(codecs.decompress(payload[pos:pos + n], compressor, f["raw_bytes"]))
+            pos += n
         raw = b"".join(parts)
-    except (zstandard.ZstdError, KeyError, TypeError) as e:
+    except (GolfError, KeyError, TypeError) as e:
         raise GolfError(f"{path}: corrupt artifact payload ({e}); {fix}") from None
     if len(raw) != header["raw_bytes"] or sha256_bytes(raw) != header["raw_sha256"]:
         raise GolfError(f"{path}: corrupt artifact (decompressed payload SHA-256 mismatch); {fix}")
@@ -287,7 +303,12 @@ def decode_tensors(header: dict[str, Any], raw: bytes) -> dict[str, torch.Tensor
         b = raw[e["offset"]:e["offset"] + e["nbytes"]]
         if enc == "q":
             n = int(np.prod(shape))
-            q = torch.from_numpy(packing_mod.unpack(b, e["bits"], n, e["packing"]).copy()).reshape(e["rows"], -1)
+            stored = packing_mod.unpack(b, e["bits"], n, e["packing"])
+            order = None
+            if e.get("layout", "rows") != "rows":
+                pb = raw[e["perm_offset"]:e["perm_offset"] + e["perm_nbytes"]]
+                order = np.frombuffer(pb, dtype=codecs.perm_dtype(e["rows"])).astype(np.int64)
+            q = torch.from_numpy(codecs.restore(stored, e.get("layout", "rows"), order, e["rows"]).copy())
             sb = raw[e["scale_offset"]:e["scale_offset"] + e["scale_nbytes"]]
             s = _from_bytes(sb, "float16", [e["rows"]])
             out[e["name"]] = dequantize_rows(q, s, shape)

@@ -137,6 +137,8 @@ class Hyperparameters(GPTConfig):
     quant_calib_batches: int = 8  # gptq: training batches (never validation) for the Hessians
     quant_calib_seqs: int = 8  # sequences of TRAIN_SEQ_LEN per calibration batch
     zstd_level: int = 22
+    compressor: str = "zstd"  # the payload's compressor: zstd | brotli | lzma | lrzip (golf/compress/codecs.py)
+    quant_layout: str = "rows"  # integers as rows | sorted (L1 nearest-neighbour row order) | sorted_t (+ by column)
     # --- evaluation ----------------------------------------------------------------------------
     eval_seq_len: int = 0  # 0 = train_seq_len
     eval_stride: int = 64
@@ -165,6 +167,10 @@ class Hyperparameters(GPTConfig):
                 raise GolfError(f"{name.upper()}={getattr(self, name)!r}: use one of {', '.join(allowed)}")
         parse_clip_ratios(self.quant_clip_ratios)  # a bad QUANT_CLIP_RATIOS fails here, not at export
         parse_clip_sigmas(self.quant_clip_sigmas)
+        for name, allowed in (("compressor", ("zstd", "brotli", "lzma", "lrzip")),
+                              ("quant_layout", ("rows", "sorted", "sorted_t"))):
+            if getattr(self, name) not in allowed:
+                raise GolfError(f"{name.upper()}={getattr(self, name)!r}: use one of {', '.join(allowed)}")
         if self.quant_scheme not in QUANT_SCHEMES:
             raise GolfError(f"QUANT_SCHEME={self.quant_scheme!r}: use one of {', '.join(QUANT_SCHEMES)}")
         if self.quant_scheme == "gptq" and (self.quant_calib_batches < 1 or self.quant_calib_seqs < 1):

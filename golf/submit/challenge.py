@@ -215,6 +215,8 @@ def write_submission(record: str | Path, out: str | Path = DEFAULT_OUT, github_i
                         f"{BYTES_CAP:,}-byte cap; nothing was written")
     torch_req = ch["pytorch_version"] or ""
     reqs = [f"torch=={torch_req}" if torch_req else "torch", *REQUIREMENTS]
+    if sub["config"].get("compressor") == "brotli":
+        reqs.append("brotli")
     with atomic_dir(dest) as tmp:
         atomic_write_bytes(tmp / "train_gpt.py", code)
         atomic_write_json(tmp / "submission.json", ch)

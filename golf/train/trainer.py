@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from golf.compress.codecs import check_compressor
 from golf.compress.codesize import in_bundle
 from golf.compress.quant import clip_plan, estimate_artifact_bytes, quant_plan
 from golf.core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -97,7 +98,9 @@ def set_qat(model: nn.Module, plan: dict[str, int] | int) -> int:
 
 
 def preflight(model: nn.Module, h, log: RunLog) -> dict[str, Any]:
-    """Refuse a config whose artifact cannot fit the 16,000,000-byte cap (unless ALLOW_OVERSIZE=1)."""
+    """Refuse a config whose artifact cannot fit the 16,000,000-byte cap (unless ALLOW_OVERSIZE=1), or
+    whose exporter cannot run here (a compressor that is not installed), before any training."""
+    check_compressor(h.compressor)
     est = estimate_artifact_bytes(model, h)
     lines = [f"  {g:<12} params:{e['params']:>11,} bits:{e['bits']:>2} bytes:{e['bytes']:>11,}"
              for g, e in sorted(est["groups"].items())]
