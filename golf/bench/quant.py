@@ -1,6 +1,11 @@
 """make bench-quant: artifact size and speed figures, and the BPB cost of quantisation.
 
     python -m golf.bench.quant [--checkpoint runs/<id>/final.pt --data-path DIR] [--out bench/quant.json]
+    python -m golf.bench.quant --cross --checkpoint runs/<id>/final.pt --data-path DIR [--max-tokens N]
+
+--cross: one JSON row per (quantiser, serialiser): SCHEMES (rtn / gptq, clip search / SDClip) x
+SERIALISERS (zstd / brotli / lzma, rows / L1-sorted by column) on the same checkpoint, with model
+bytes, bits/param, the round-trip BPB gap on the same tokens, seconds to quantise, compress, load.
 
 With a checkpoint: quantise/compress/decompress seconds, bits per parameter, and the BPB gap
 (pre-quant float model vs the artifact's round-trip model, non-overlapping windows on the val split,
@@ -25,6 +30,7 @@ the same checkpoint: an emulation of their byte layout, not their code, so it is
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 import time
@@ -34,10 +40,10 @@ from typing import Any
 import torch
 
 from golf.compress.artifact import load_artifact, read_artifact, save_artifact
-from golf.compress.export import model_from_checkpoint
+from golf.compress.export import calibration_batches, gptq_tensors, model_from_checkpoint
 from golf.core.checkpoint import load_checkpoint
 from golf.core.config import apply_overrides, load_config
-from golf.core.utils import atomic_write_json, device_description, git_commit, main_guard
+from golf.core.utils import GolfError, atomic_write_json, device_description, git_commit, main_guard
 from golf.data.bpb import build_luts
 from golf.data.folder import load_data_tokenizer, load_split
 from golf.eval.score import evaluate_val_loss
@@ -146,6 +152,69 @@ def bench_checkpoint(checkpoint: str, data_path: str, max_tokens: int, device: s
     return out
 
 
+# The crossing (issue 16): each quantiser through each serialiser, so bytes and BPB gap split into
+# what the rounding buys and what the byte coding buys. SDClip's k: the 1.0611 record's (PR #1394).
+SDCLIP = "mlp=11.5,attn=13,embed=14,other=12.85"
+SCHEMES = {"rtn_search": {}, "rtn_sdclip": {"quant_clip_sigmas": SDCLIP},
+           "gptq_search": {"quant_scheme": "gptq"}, "gptq_sdclip": {"quant_scheme": "gptq", "quant_clip_sigmas": SDCLIP}}
+SERIALISERS = {"zstd_rows": {"compressor": "zstd", "quant_layout": "rows"},
+               "zstd_sorted_t": {"compressor": "zstd", "quant_layout": "sorted_t"},
+               "brotli_rows": {"compressor": "brotli", "quant_layout": "rows"},
+               "brotli_sorted_t": {"compressor": "brotli", "quant_layout": "sorted_t"},
+               "lzma_rows": {"compressor": "lzma", "quant_layout": "rows"}}
+
+
+def bench_cross(checkpoint: str, data_path: str, max_tokens: int, device: str,
+                schemes: dict[str, dict] | None = None, serialisers: dict[str, dict] | None = None,
+                overrides: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One row per (scheme, serialiser) on one checkpoint: model bytes, bits/param, the round-trip
+    BPB gap on the same tokens as the float model (non-overlapping TRAIN_SEQ_LEN windows of the val
+    split, a --max-tokens prefix), seconds to quantise, to compress and to load. A scheme's weights
+    do not depend on the serialiser, so its BPB is measured once; GPTQ's calibration batches come
+    from the training split of `data_path`."""
+    ck = load_checkpoint(checkpoint, final=True)
+    model, h = model_from_checkpoint(ck, checkpoint)
+    if overrides:
+        apply_overrides(h, overrides, "--set")
+    if data_path:
+        h.data_path = data_path
+    tok_sha = str(ck.get("tokenizer_sha256", ""))
+    luts = build_luts(load_data_tokenizer(h.data_path), torch.device(device))
+    val = load_split(h.data_path, "val", vocab_size=h.vocab_size, max_tokens=max_tokens)
+    seq = h.train_seq_len
+    pre = evaluate_val_loss(model.to(device).eval(), val, luts, seq, h.eval_batch_windows, device=device)
+    model.cpu()
+    rows = []
+    for sname, sover in (schemes or SCHEMES).items():
+        hs = copy.deepcopy(h)
+        apply_overrides(hs, sover, f"scheme {sname}")
+        t0 = time.perf_counter()
+        quantized = gptq_tensors(model, hs, lambda: calibration_batches(hs)) if hs.quant_scheme == "gptq" else {}
+        t_gptq = time.perf_counter() - t0
+        post = None
+        for zname, zover in (serialisers or SERIALISERS).items():
+            hz = copy.deepcopy(hs)
+            apply_overrides(hz, zover, f"serialiser {zname}")
+            with tempfile.TemporaryDirectory() as d:
+                path = Path(d) / "m.ptz"
+                rep = save_artifact(path, model, hz, tok_sha, quantized=quantized)
+                t1 = time.perf_counter()
+                rt, _ = load_artifact(path, device=device)
+                t_load = time.perf_counter() - t1
+            if post is None:
+                post = evaluate_val_loss(rt, val, luts, seq, h.eval_batch_windows, device=device)
+            rows.append({"scheme": sname, "serialiser": zname, "bytes": rep["bytes"], "params": rep["params"],
+                         "bits_per_param": rep["bits_per_param"], "val_tokens": int(val.size),
+                         "val_bpb_prequant": pre["val_bpb"], "val_bpb_roundtrip": post["val_bpb"],
+                         "bpb_gap": post["val_bpb"] - pre["val_bpb"],
+                         "seconds_quantize": round(t_gptq + rep["seconds"]["quantize"], 3),
+                         "seconds_compress": rep["seconds"]["compress"], "seconds_load": round(t_load, 3),
+                         "groups": {g: e.get("compressed_bytes") for g, e in rep["groups"].items()}})
+            print(f"{sname:<12} {zname:<16} bytes {rep['bytes']:>11,}  bits/param {rep['bits_per_param']:.3f}  "
+                  f"bpb gap {post['val_bpb'] - pre['val_bpb']:+.5f}", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="quantisation / artifact benchmark")
     ap.add_argument("--checkpoint", default="")
@@ -155,11 +224,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="override a quantisation setting for this run (repeatable), e.g. QUANT_MLP_BITS=4")
+    ap.add_argument("--cross", action="store_true",
+                    help="with --checkpoint and --data-path: every quantiser through every serialiser, one row each")
     ap.add_argument("--out", default="bench/quant.json")
     a = ap.parse_args(argv)
     res: dict[str, Any] = {"commit": git_commit(), "device": device_description(), "public_record": PUBLIC_RECORD}
     sets = dict(kv.split("=", 1) for kv in a.set)
-    if a.checkpoint:
+    if a.cross:
+        if not a.checkpoint:
+            raise GolfError("--cross needs --checkpoint runs/<id>/final.pt (and --data-path for the BPB gap)")
+        res["cross"] = bench_cross(a.checkpoint, a.data_path, a.max_tokens, a.device, overrides=sets)
+    elif a.checkpoint:
         res["checkpoint"] = bench_checkpoint(a.checkpoint, a.data_path, a.max_tokens, a.device, sets)
     else:
         res["preset"] = bench_preset(a.preset, sets)

@@ -89,3 +89,35 @@ def test_summary_judges_only_gpu_figures(tmp_path, capsys):
     rows = json.loads((tmp_path / "summary.json").read_text())["goals"]
     assert rows[0]["met"] is None and rows[3]["met"] is None and rows[4]["measured"] is None
     assert "not judged" in capsys.readouterr().out
+
+
+def test_bench_quant_cross_one_row_per_scheme_and_serialiser(tmp_path, byte_data_dir):
+    """Every quantiser through every serialiser on one checkpoint: the BPB is a scheme's (the same
+    for each of its serialisers), the bytes a serialiser's, and GPTQ+SDClip is scored on the same tokens."""
+    import torch
+    from dataclasses import asdict
+
+    from compress.test_artifact import _trained_ish
+    from golf.bench.quant import bench_cross
+    from golf.core.config import load_config
+
+    h = load_config(env={"DATA_PATH": str(byte_data_dir), "VOCAB_SIZE": "260", "NUM_LAYERS": "2", "MODEL_DIM": "64",
+                         "NUM_HEADS": "2", "NUM_KV_HEADS": "1", "TRAIN_SEQ_LEN": "64", "BIGRAM_VOCAB_SIZE": "256",
+                         "NUM_MEMORY_TOKENS": "2", "QUANT_MIN_NUMEL": "1024", "ZSTD_LEVEL": "3",
+                         "QUANT_CALIB_BATCHES": "2", "QUANT_CALIB_SEQS": "2"})
+    model = _trained_ish(h)
+    ck = tmp_path / "final.pt"
+    torch.save({"config": h.to_dict(), "model_config": asdict(h.model_config()), "state_dict": model.state_dict(),
+                "tokenizer_sha256": ""}, ck)
+    schemes = {"rtn_search": {}, "gptq_sdclip": {"quant_scheme": "gptq", "quant_clip_sigmas": "12"}}
+    sers = {"zstd_rows": {"compressor": "zstd", "quant_layout": "rows"},
+            "lzma_sorted_t": {"compressor": "lzma", "quant_layout": "sorted_t"}}
+    rows = bench_cross(str(ck), str(byte_data_dir), 4096, "cpu", schemes, sers)
+    assert [(r["scheme"], r["serialiser"]) for r in rows] == [(s, z) for s in schemes for z in sers]
+    by = {(r["scheme"], r["serialiser"]): r for r in rows}
+    for s in schemes:
+        assert by[(s, "zstd_rows")]["val_bpb_roundtrip"] == by[(s, "lzma_sorted_t")]["val_bpb_roundtrip"]
+    assert by[("rtn_search", "zstd_rows")]["bytes"] != by[("rtn_search", "lzma_sorted_t")]["bytes"]
+    assert by[("gptq_sdclip", "zstd_rows")]["val_bpb_roundtrip"] != by[("rtn_search", "zstd_rows")]["val_bpb_roundtrip"]
+    assert len({r["val_bpb_prequant"] for r in rows}) == 1 and all(r["val_tokens"] == 4096 for r in rows)
+    assert all(r["bpb_gap"] == r["val_bpb_roundtrip"] - r["val_bpb_prequant"] for r in rows)
