@@ -104,8 +104,10 @@ bench-data: install
 	$(PY) -m golf.bench.data
 bench-train: install
 	$(PY) -m golf.bench.train $(if $(PRESET),--preset $(PRESET))
+# make bench-quant [CHECKPOINT=runs/<id>/final.pt DATA_PATH=... [CROSS=1] [MAX_TOKENS=N]]
 bench-quant: install
-	$(PY) -m golf.bench.quant
+	$(PY) -m golf.bench.quant $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)" --data-path "$(DATA_PATH)") \
+	    $(if $(CROSS),--cross) $(if $(MAX_TOKENS),--max-tokens $(MAX_TOKENS))
 bench-eval: install
 	$(PY) -m golf.bench.eval
 bench-mixers: install
