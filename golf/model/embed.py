@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from golf.model.layers import BOS_ID, CastedLinear
+from golf.model.layers import BOS_ID, CastedLinear, QATEmbedding
 from golf.model.mixer import tag
 
 
@@ -34,7 +34,7 @@ class BigramHash(nn.Module):
         if buckets < 2:
             raise ValueError(f"BIGRAM_VOCAB_SIZE={buckets}: need at least 2 buckets (or 0 to switch it off)")
         self.buckets = buckets
-        self.table = nn.Embedding(buckets, dim)
+        self.table = QATEmbedding(buckets, dim)
         if dim != model_dim:
             nn.init.normal_(self.table.weight, std=0.02)
         else:

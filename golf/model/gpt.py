@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from golf.core.config import GPTConfig, layer_mixers
 from golf.core.utils import GolfError
 from golf.model.embed import BigramHash, SmearGate
-from golf.model.layers import BOS_ID, MLP, CastedLinear, Rotary, rms_norm
+from golf.model.layers import BOS_ID, MLP, CastedLinear, QATEmbedding, Rotary, rms_norm
 from golf.model.mechanisms import build_mechanisms, build_mixer
 from golf.model.mixer import MixerContext, tag
 
@@ -61,7 +61,7 @@ class GPT(nn.Module):
         self.softcap = float(cfg.logit_softcap)
         self.ln_scale = bool(cfg.ln_scale)
 
-        self.tok_emb = nn.Embedding(V, D)
+        self.tok_emb = QATEmbedding(V, D)
         tag(self.tok_emb.weight, quant="embed", optim="embed")
         self.tie_embeddings = bool(cfg.tie_embeddings)
         if self.tie_embeddings:
@@ -149,7 +149,7 @@ class GPT(nn.Module):
         elif self.lm_head is not None:
             logits = self.lm_head(x)
         else:
-            logits = F.linear(x, self.tok_emb.weight.to(x.dtype))
+            logits = F.linear(x, self.tok_emb.qweight().to(x.dtype))
         logits = logits.float()
         if self.softcap > 0:
             logits = self.softcap * torch.tanh(logits / self.softcap)
@@ -185,13 +185,13 @@ class GPT(nn.Module):
 
     def set_qat_bits(self, plan: dict[str, int] | int, clips: Any = None) -> int:
         """Late QAT on/off. plan maps parameter names ("blocks.0.mlp.fc.weight") to bit widths (as
-        golf.compress.quant.quant_plan returns), or one int for every CastedLinear; 0 or >= 16 = off.
+        golf.compress.quant.quant_plan returns), or one int for every CastedLinear and QATEmbedding (the embedding tables); 0 or >= 16 = off.
         clips: the exporter's clip rule, one for all layers (search ratios or SDClip's k) or a dict
         by parameter name (golf.compress.quant.clip_plan); None keeps the layers'.
         Returns how many layers now fake-quantise."""
         n = 0
         for name, m in self.named_modules():
-            if isinstance(m, CastedLinear):
+            if isinstance(m, (CastedLinear, QATEmbedding)):
                 bits = plan if isinstance(plan, int) else int(plan.get(f"{name}.weight", 0))
                 m.qat_bits = bits if 0 < bits < 16 else 0
                 if isinstance(clips, dict):

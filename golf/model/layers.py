@@ -38,6 +38,26 @@ class CastedLinear(nn.Linear):
         return F.linear(x, w.to(x.dtype), b)
 
 
+class QATEmbedding(nn.Embedding):
+    """An embedding table that late QAT fake-quantises like CastedLinear (`qat_bits`, `qat_ratios`):
+    the token embedding (also the tied LM head, through `qweight()`) and the BigramHash table are
+    exported as integers too, so they learn the exporter's grid (golf issue 16)."""
+
+    def __init__(self, num: int, dim: int):
+        super().__init__(num, dim)
+        self.qat_bits = 0
+        self.qat_ratios: tuple[float, ...] | float | None = None
+
+    def qweight(self) -> Tensor:
+        if 0 < self.qat_bits < 16:
+            return fake_quantize(self.weight, self.qat_bits) if self.qat_ratios is None else \
+                fake_quantize(self.weight, self.qat_bits, self.qat_ratios)
+        return self.weight
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return F.embedding(idx, self.qweight()) if self.qat_bits else super().forward(idx)
+
+
 def rms_norm(x: Tensor, eps: float | None = None) -> Tensor:
     return F.rms_norm(x, (x.size(-1),), eps=eps)
 

@@ -2,13 +2,14 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from modelkit import randomize, small_cfg
 
 from golf.compress.quant import quant_plan
 from golf.core.config import Hyperparameters, load_config
 from golf.core.utils import GolfError, compile_stats
 from golf.model.gpt import GPT, count_params, layer_mixers
-from golf.model.layers import CastedLinear
+from golf.model.layers import CastedLinear, QATEmbedding
 from golf.model.mixer import OPTIM_GROUPS, QUANT_GROUPS, optim_group_of, quant_group_of
 from golf.model.quantgrid import quantize_dequantize
 
@@ -115,9 +116,35 @@ def test_set_qat_bits_plan_and_scalar():
     assert n == 2
     assert m.blocks[0].mlp.fc.qat_bits == 5 and m.blocks[1].mixer.c_q.qat_bits == 6
     assert m.blocks[2].mlp.fc.qat_bits == 0  # 16 = kept in fp16, no fake quantisation
-    lins = [mod for mod in m.modules() if isinstance(mod, CastedLinear)]
+    lins = [mod for mod in m.modules() if isinstance(mod, (CastedLinear, QATEmbedding))]
     assert m.set_qat_bits(6) == len(lins)
     assert m.set_qat_bits(0) == 0
+
+
+def test_qat_reaches_the_embedding_tables():
+    """The token embedding (input and tied head) and the BigramHash table are exported as integers,
+    so late QAT fake-quantises them on the same grid (golf issue 16); the gradient still reaches them."""
+    torch.manual_seed(0)
+    cfg = small_cfg(bigram_vocab_size=64, bigram_dim=16)
+    m = randomize(GPT(cfg), std=0.3)
+    plan = quant_plan(m, Hyperparameters(quant_min_numel=0))
+    assert plan["tok_emb.weight"] == 8 and plan["bigram.table.weight"] == 6
+    idx = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        before = m(idx)
+    assert m.set_qat_bits({"tok_emb.weight": 4, "bigram.table.weight": 4}, 12.0) == 2
+    with torch.no_grad():
+        x = m.hidden(idx)
+        want = F.linear(x, quantize_dequantize(m.tok_emb.weight, 4, 12.0))
+        torch.testing.assert_close(m.logits_from_hidden(x), 30.0 * torch.tanh(want / 30.0))
+        e = m.bigram.table(m.bigram.keys(idx))
+        torch.testing.assert_close(e, F.embedding(m.bigram.keys(idx), quantize_dequantize(m.bigram.table.weight, 4, 12.0)))
+        assert not torch.allclose(m(idx), before)
+    m(idx, idx).backward()
+    assert m.tok_emb.weight.grad.abs().sum() > 0 and m.bigram.table.weight.grad.abs().sum() > 0
+    m.set_qat_bits(0)
+    with torch.no_grad():
+        torch.testing.assert_close(m(idx), before)
 
 
 def test_qat_uses_the_exporters_clip_ratios():
