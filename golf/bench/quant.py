@@ -156,7 +156,14 @@ def bench_checkpoint(checkpoint: str, data_path: str, max_tokens: int, device: s
 # what the rounding buys and what the byte coding buys. SDClip's k: the 1.0611 record's (PR #1394).
 SDCLIP = "mlp=11.5,attn=13,embed=14,other=12.85"
 SCHEMES = {"rtn_search": {}, "rtn_sdclip": {"quant_clip_sigmas": SDCLIP},
-           "gptq_search": {"quant_scheme": "gptq"}, "gptq_sdclip": {"quant_scheme": "gptq", "quant_clip_sigmas": SDCLIP}}
+           "gptq_search": {"quant_scheme": "gptq"}, "gptq_sdclip": {"quant_scheme": "gptq", "quant_clip_sigmas": SDCLIP},
+           "gptq_sdclip_lqer": {"quant_scheme": "gptq", "quant_clip_sigmas": SDCLIP, "lqer_rank": 4},
+           # the 1.0611 record's widths: int6 matrices, int7 embedding (PR #1586)
+           "gptq_sdclip_int6_int7": {"quant_scheme": "gptq", "quant_clip_sigmas": SDCLIP, "quant_mlp_bits": 6,
+                                     "quant_attn_bits": 6, "quant_other_bits": 6, "quant_embed_bits": 7},
+           "gptq_sdclip_int6_int7_lqer": {"quant_scheme": "gptq", "quant_clip_sigmas": SDCLIP, "quant_mlp_bits": 6,
+                                          "quant_attn_bits": 6, "quant_other_bits": 6, "quant_embed_bits": 7,
+                                          "lqer_rank": 4}}
 SERIALISERS = {"zstd_rows": {"compressor": "zstd", "quant_layout": "rows"},
                "zstd_sorted_t": {"compressor": "zstd", "quant_layout": "sorted_t"},
                "brotli_rows": {"compressor": "brotli", "quant_layout": "rows"},

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from golf.compress import codecs
+from golf.compress import codecs, lqer
 from golf.compress import pack as packing_mod
 from golf.compress.quant import bits_for_tensor, clip_for
 from golf.core.config import GPTConfig
@@ -119,6 +119,10 @@ def save_artifact(
         raise GolfError(f"packing={packing!r}: use int8, bits or auto")
     get = (lambda k, d: h.get(k, d)) if isinstance(h, dict) else (lambda k, d: getattr(h, k, d))  # noqa: E731
     level, compressor, layout = int(get("zstd_level", 22)), str(get("compressor", "zstd")), str(get("quant_layout", "rows"))
+    lq_rank, lq_bits, lq_top, lq_group = (int(get("lqer_rank", 0)), int(get("lqer_bits", 4)), int(get("lqer_top_k", 3)),
+                                          int(get("lqer_group", 64)))
+    errors: dict[str, float] = {}  # quantisation error norms, for LQER's choice
+    residuals: dict[str, tuple[torch.Tensor, dict]] = {}
     codecs.check_compressor(compressor)
     codecs.check_layout(layout)
     t0 = time.perf_counter()
@@ -166,7 +170,19 @@ def save_artifact(
                 if order is not None:
                     e["layout"] = layout
                     blobs.append(((groups[name], 4, name), order.astype(codecs.perm_dtype(len(order))).tobytes(), e, "perm_"))
+                if lq_rank > 0 and t.ndim == 2:
+                    err = t.to(torch.float32) - dequantize_rows(q, s, t.shape)
+                    errors[name], residuals[name] = float(err.norm()), (err, e)
         entries.append(e)
+    for name in lqer.pick(errors, lq_top):  # LQER: the low-rank correction of the largest errors
+        err, e = residuals[name]
+        qa, sa, qb, sb = lqer.factors(err, lq_rank, lq_bits, lq_group)
+        e["lqer"] = {"rank": int(qa.shape[1]), "bits": lq_bits, "group": lq_group, "a_shape": list(qa.shape),
+                     "b_shape": list(qb.shape)}
+        g = groups[name]
+        for field, blob in (("lqa_", qa.numpy().tobytes()), ("lqas_", _to_bytes(sa)), ("lqb_", qb.numpy().tobytes()),
+                            ("lqbs_", _to_bytes(sb))):
+            blobs.append(((g, 5, name, field), blob, e["lqer"], field))
     t_quant = time.perf_counter() - t0
 
     # 2. lay the blobs out, one zstd frame per group (compressed in parallel: zstd releases the GIL)
@@ -236,9 +252,12 @@ def size_report(header: dict, total: int, payload_bytes: int, header_bytes: int)
         g["compressed_bytes"] += _frame_bytes(f)
     for g in groups.values():
         g["bits_per_param"] = round(8 * g["compressed_bytes"] / max(g["params"], 1), 3)
+    lq = {e["name"]: sum(e["lqer"].get(f + "nbytes", 0) for f in ("lqa_", "lqas_", "lqb_", "lqbs_"))
+          for e in header["tensors"] if e.get("lqer")}
     return {
         "bytes": total, "payload_bytes": payload_bytes, "header_bytes": header_bytes, "params": params,
         "bits_per_param": round(8 * total / max(params, 1), 4), "groups": groups,
+        "lqer": {"tensors": sorted(lq), "raw_bytes": sum(lq.values())} if lq else {},
     }
 
 
@@ -312,6 +331,12 @@ def decode_tensors(header: dict[str, Any], raw: bytes) -> dict[str, torch.Tensor
             sb = raw[e["scale_offset"]:e["scale_offset"] + e["scale_nbytes"]]
             s = _from_bytes(sb, "float16", [e["rows"]])
             out[e["name"]] = dequantize_rows(q, s, shape)
+            lq = e.get("lqer")
+            if lq:
+                blob = lambda f, dt, shp: _from_bytes(raw[lq[f + "offset"]:lq[f + "offset"] + lq[f + "nbytes"]], dt, shp)  # noqa: E731
+                qa, qb = blob("lqa_", "int8", lq["a_shape"]), blob("lqb_", "int8", lq["b_shape"])
+                sa, sb2 = blob("lqas_", "float16", [lq["lqas_nbytes"] // 2]), blob("lqbs_", "float16", [lq["lqbs_nbytes"] // 2])
+                out[e["name"]] = out[e["name"]] + lqer.correction(qa, sa, qb, sb2, lq["group"]).reshape(shape)
         elif enc == "fp16":
             out[e["name"]] = _from_bytes(b, "float16", shape).to(torch.float32)
         elif enc == "raw":

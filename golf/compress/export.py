@@ -129,7 +129,7 @@ def _budget(rep: dict[str, Any], code: str | Path | None, config: dict[str, Any]
         "cap": BYTES_CAP, "fits": total <= BYTES_CAP, "headroom": BYTES_CAP - total, "artifact": rep["path"],
         "params": rep["params"], "bits_per_param": rep["bits_per_param"],
         "payload_bytes": rep["payload_bytes"], "header_bytes": rep["header_bytes"],
-        "groups": rep["groups"], "seconds": rep.get("seconds", {}),
+        "groups": rep["groups"], "seconds": rep.get("seconds", {}), "lqer": rep.get("lqer") or {},
     }
 
 

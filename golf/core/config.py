@@ -136,6 +136,10 @@ class Hyperparameters(GPTConfig):
     quant_scheme: str = "rtn"  # rtn (round to nearest) | gptq (Hessian error feedback from training batches)
     quant_calib_batches: int = 8  # gptq: training batches (never validation) for the Hessians
     quant_calib_seqs: int = 8  # sequences of TRAIN_SEQ_LEN per calibration batch
+    lqer_rank: int = 0  # LQER (PR #1797): rank of the quantisation-error correction; 0 = off
+    lqer_bits: int = 4  # its factors' integer width
+    lqer_top_k: int = 3  # on the tensors with the largest error
+    lqer_group: int = 64  # values per fp16 scale in the factors
     zstd_level: int = 22
     compressor: str = "zstd"  # the payload's compressor: zstd | brotli | lzma | lrzip (golf/compress/codecs.py)
     quant_layout: str = "rows"  # integers as rows | sorted (L1 nearest-neighbour row order) | sorted_t (+ by column)
@@ -171,6 +175,9 @@ class Hyperparameters(GPTConfig):
                               ("quant_layout", ("rows", "sorted", "sorted_t"))):
             if getattr(self, name) not in allowed:
                 raise GolfError(f"{name.upper()}={getattr(self, name)!r}: use one of {', '.join(allowed)}")
+        if self.lqer_rank < 0 or not 2 <= self.lqer_bits <= 8 or self.lqer_top_k < 0 or self.lqer_group < 0:
+            raise GolfError(f"LQER_RANK={self.lqer_rank} (>= 0), LQER_BITS={self.lqer_bits} (2..8), LQER_TOP_K="
+                            f"{self.lqer_top_k} (>= 0), LQER_GROUP={self.lqer_group} (>= 0, 0 = per row): out of range")
         if self.quant_scheme not in QUANT_SCHEMES:
             raise GolfError(f"QUANT_SCHEME={self.quant_scheme!r}: use one of {', '.join(QUANT_SCHEMES)}")
         if self.quant_scheme == "gptq" and (self.quant_calib_batches < 1 or self.quant_calib_seqs < 1):

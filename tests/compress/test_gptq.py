@@ -121,3 +121,36 @@ def test_gptq_export_loads_and_fits_the_calibration_better(tmp_path):
             for n, Hn in H.items()]
     assert all(wins), wins
     assert isinstance(gq, GPT)
+
+
+def test_lqer_factors_shrink_the_error_and_round_trip_in_the_artifact(tmp_path):
+    from golf.compress import lqer
+    from golf.compress.artifact import read_artifact, save_artifact
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 128, generator=g) + 3 * torch.randn(64, 1, generator=g) @ torch.randn(1, 128, generator=g)
+    q, s = quantize_rows(w, 3, (1.0,))
+    err = w - dequantize_rows(q, s, w.shape)
+    fa = lqer.factors(err, 4, 4, 64)
+    corr = lqer.correction(*fa, 64)
+    assert fa[0].shape == (64, 4) and fa[2].shape == (4, 128) and fa[1].numel() == 64 * 4 // 64
+    assert float((err - corr).norm()) < 0.9 * float(err.norm())
+    assert lqer.pick({"a": 1.0, "b": 3.0, "c": 2.0}, 2) == ["b", "c"] and lqer.pick({"a": 1.0}, 0) == []
+    # in the artifact: the top-k tensors carry factors, and the loader adds A B back exactly
+    h = _h(lqer_rank=4, lqer_top_k=2, zstd_level=3)
+    model = _trained_ish(h)
+    rep = save_artifact(tmp_path / "lq.ptz", model, h, TOK_SHA)
+    save_artifact(tmp_path / "plain.ptz", model, _h(zstd_level=3), TOK_SHA)
+    header, _ = read_artifact(tmp_path / "lq.ptz")
+    with_lq = [e["name"] for e in header["tensors"] if e.get("lqer")]
+    assert len(with_lq) == 2 and rep["lqer"]["tensors"] == sorted(with_lq) and rep["lqer"]["raw_bytes"] > 0
+    a, _ = load_artifact(tmp_path / "lq.ptz")
+    b, _ = load_artifact(tmp_path / "plain.ptz")
+    sd, sa, sb = model.state_dict(), a.state_dict(), b.state_dict()
+    for n in with_lq:
+        assert float((sa[n] - sd[n]).norm()) < float((sb[n] - sd[n]).norm())  # closer to the float weights
+    untouched = next(e["name"] for e in header["tensors"] if e["encoding"] == "q" and not e.get("lqer"))
+    assert torch.equal(sa[untouched], sb[untouched])
+    assert (tmp_path / "lq.ptz").stat().st_size > (tmp_path / "plain.ptz").stat().st_size  # the factors cost bytes
+    with pytest.raises(GolfError, match="LQER_BITS"):
+        load_config(env={"LQER_BITS": "1"})
