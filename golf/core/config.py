@@ -152,6 +152,7 @@ class Hyperparameters(GPTConfig):
     # ------------------------------------------------------------------------------------------
     def finalize(self) -> "Hyperparameters":
         """Fill derived values and check consistency. Idempotent."""
+        check_ranges(self)
         if not self.run_id:
             self.run_id = f"{self.preset}_{now_stamp()}_s{self.seed}"
         if self.eval_seq_len <= 0:
@@ -198,6 +199,47 @@ class Hyperparameters(GPTConfig):
     def model_config(self) -> GPTConfig:
         """The architecture part of the settings (what the artifact stores)."""
         return GPTConfig(**{f.name: getattr(self, f.name) for f in fields(GPTConfig)})
+
+
+# Every numeric setting's range (inclusive; None = open), checked before anything is derived from
+# it, so a bad value is named in the error instead of failing later as a division by zero.
+_POS = 1e-12  # "greater than zero" for floats
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "vocab_size": (2, 65536), "num_layers": (1, None), "model_dim": (1, None), "num_heads": (1, None),
+    "num_kv_heads": (1, None), "mlp_mult": (_POS, None), "rope_dims": (0, None), "rope_base": (_POS, None),
+    "logit_softcap": (0, None), "tied_embed_init_std": (0, None), "num_memory_tokens": (0, None),
+    "bigram_vocab_size": (0, None), "bigram_dim": (1, None), "mtp_num_heads": (0, None), "persistent_memory": (0, None),
+    "attn_window": (0, None), "attn_window_frac": (_POS, 1), "global_every": (1, None), "unique_layers": (0, None),
+    "stream_num_streams": (1, None), "stream_chunk": (1, None), "deltanet_chunk": (1, None), "deltanet_heads": (0, None),
+    "hypermix_hidden": (0, None), "mtp_loss_weight": (0, None), "mtp_decay": (0, None), "train_seq_len": (1, None),
+    "val_max_tokens": (0, None), "train_batch_tokens": (1, None), "grad_accum_steps": (0, None),
+    "micro_batch_seqs": (0, None), "iterations": (0, None), "max_wallclock_seconds": (0, None),
+    "compile_warmup_steps": (0, None), "lr_warmup_frac": (0, 1), "warmdown_frac": (0, 1), "matrix_lr": (0, None),
+    "scalar_lr": (0, None), "embed_lr": (0, None), "memory_lr": (0, None), "beta1": (0, 0.999999),
+    "beta2": (0, 0.999999), "adam_eps": (_POS, None), "muon_momentum": (0, 0.999999),
+    "muon_momentum_warmup_start": (0, 0.999999), "muon_momentum_warmup_frac": (0, 1), "muon_backend_steps": (1, None),
+    "muon_weight_decay": (0, None), "adam_weight_decay": (0, None), "grad_clip_norm": (0, None),
+    "ema_horizon_frac": (_POS, None), "qat_lr_scale": (0, 1), "val_every": (0, None), "val_batch_tokens": (1, None),
+    "log_every": (0, None), "checkpoint_every": (0, None), "quant_min_numel": (0, None), "zstd_level": (1, 22),
+    "eval_seq_len": (0, None), "eval_stride": (1, None), "eval_batch_windows": (1, None),
+    "quant_calib_batches": (1, None), "quant_calib_seqs": (1, None),
+}
+
+
+def check_ranges(h: Any) -> None:
+    """Each numeric setting within its range, and quantisation widths 2..8 or 16 (fp16)."""
+    for name, (lo, hi) in RANGES.items():
+        v = getattr(h, name)
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            want = (f">= {lo:g}" if lo != _POS else "> 0") if hi is None else \
+                (f"between {lo:g} and {hi:g}" if lo != _POS else f"in (0, {hi:g}]")
+            raise GolfError(f"{name.upper()}={v!r} is out of range: it must be {want}")
+    for name in ("quant_mlp_bits", "quant_attn_bits", "quant_embed_bits", "quant_other_bits"):
+        v = getattr(h, name)
+        if not (2 <= v <= 8 or v == 16):
+            raise GolfError(f"{name.upper()}={v} is out of range: integer widths are 2..8, or 16 to keep fp16")
+    if h.bigram_vocab_size == 1:
+        raise GolfError("BIGRAM_VOCAB_SIZE=1 is out of range: 0 (off) or at least 2 buckets")
 
 
 def layer_mixers(cfg: GPTConfig) -> list[str]:
@@ -379,7 +421,11 @@ def parse_cli(argv: Sequence[str]) -> dict[str, Any]:
 
 # Environment variables that look like ours but are not: only names close to a real setting are
 # flagged, so unrelated variables (PATH, HOME, CUDA_VISIBLE_DEVICES...) pass untouched.
-_ENV_IGNORE = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+_ENV_IGNORE = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+               # the Makefile's and the pipeline's own variables (make passes them to the recipes' environment)
+               "SEEDS", "NAME", "TRACK", "RECORD", "ARTIFACT", "OUT", "CHECKPOINT", "CROSS", "MAX_TOKENS", "DATA_OUT",
+               "CORPUS", "VAL", "TOKENIZER", "TEXT_FIELD", "VARIANT", "TRAIN_SHARDS", "PROMPT", "GITHUB_ID", "AUTHOR",
+               "BLURB", "NPROC", "PY"}
 
 
 # The challenge baseline's settings (openai/parameter-golf train_gpt.py) whose golf name differs: each
@@ -421,14 +467,27 @@ def parse_env(env: Mapping[str, str]) -> dict[str, Any]:
         elif name in upper:
             key = upper[name]
             out[key] = _coerce(key, value, "environment")
-        elif name.isupper() and name not in _ENV_IGNORE and "_" in name:
-            close = difflib.get_close_matches(name, list(upper), n=3, cutoff=0.88)
+        elif name.isupper() and name not in _ENV_IGNORE:
+            close = looks_like_a_setting(name, list(upper) + list(CHALLENGE_NAMES))
             if close:
                 raise GolfError(
                     f"environment: unknown setting {name}; did you mean {', '.join(close)}? "
                     f"(unset {name} or fix its spelling)"
                 )
     return out
+
+
+def looks_like_a_setting(name: str, known: Sequence[str]) -> list[str]:
+    """Settings an unknown upper-case variable is probably a misspelling of: the same letters without
+    underscores (MODELDIM), a close spelling (NUM_LAYRES), or a cut-off name ending at a word
+    boundary (MAX_WALLCLOCK for MAX_WALLCLOCK_SECONDS). Unrelated variables (PATH, OMP_NUM_THREADS,
+    CUDA_VISIBLE_DEVICES) match none of these."""
+    squash = {k.replace("_", ""): k for k in known}
+    bare = name.replace("_", "")
+    hits = [squash[bare]] if bare in squash else []
+    hits += difflib.get_close_matches(name, list(known), n=3, cutoff=0.88)
+    hits += [k for k in known if len(name) >= 8 and k.startswith(name + "_")]
+    return list(dict.fromkeys(hits))[:3]
 
 
 def apply_overrides(h: Hyperparameters, overrides: Mapping[str, Any], source: str) -> Hyperparameters:

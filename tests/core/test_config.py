@@ -122,3 +122,38 @@ def test_challenge_names_map_onto_golf_and_disagreement_is_an_error():
         load_config(env={"WARMDOWN_ITERS": "1200"})
     with pytest.raises(GolfError, match="VAL_LOSS_EVERY.*not a valid int"):
         load_config(env={"VAL_LOSS_EVERY": "often"})
+
+
+@pytest.mark.parametrize("env,name", [
+    ({"NUM_HEADS": "0"}, "NUM_HEADS"), ({"NUM_LAYERS": "0"}, "NUM_LAYERS"), ({"TRAIN_BATCH_TOKENS": "0"}, "TRAIN_BATCH_TOKENS"),
+    ({"MLP_MULT": "0"}, "MLP_MULT"), ({"MODEL_DIM": "0"}, "MODEL_DIM"), ({"TRAIN_SEQ_LEN": "0"}, "TRAIN_SEQ_LEN"),
+    ({"TRAIN_SEQ_LEN": "-1"}, "TRAIN_SEQ_LEN"), ({"VOCAB_SIZE": "70000"}, "VOCAB_SIZE"), ({"BETA2": "1"}, "BETA2"),
+    ({"WARMDOWN_FRAC": "1.5"}, "WARMDOWN_FRAC"), ({"QUANT_MLP_BITS": "9"}, "QUANT_MLP_BITS"),
+    ({"QUANT_EMBED_BITS": "0"}, "QUANT_EMBED_BITS"), ({"ZSTD_LEVEL": "0"}, "ZSTD_LEVEL"), ({"EVAL_STRIDE": "0"}, "EVAL_STRIDE"),
+    ({"BIGRAM_VOCAB_SIZE": "1"}, "BIGRAM_VOCAB_SIZE"), ({"ADAM_EPS": "0"}, "ADAM_EPS"),
+])
+def test_out_of_range_settings_are_named_before_anything_is_derived(env, name):
+    with pytest.raises(GolfError, match=f"^{name}=.* out of range"):
+        load_config(env=env)
+
+
+@pytest.mark.parametrize("typo,meant", [("MAX_WALLCLOCK", "MAX_WALLCLOCK_SECONDS"), ("MODELDIM", "MODEL_DIM"),
+                                        ("NUM_LAYRES", "NUM_LAYERS"), ("MATRIXLR", "MATRIX_LR"),
+                                        ("WARMDOWNFRAC", "WARMDOWN_FRAC")])
+def test_misspelled_environment_settings_are_refused_with_the_close_name(typo, meant):
+    with pytest.raises(GolfError, match=f"unknown setting {typo}; did you mean .*{meant}"):
+        load_config(env={typo: "20"})
+
+
+def test_unrelated_and_makefile_variables_pass():
+    import re
+
+    from golf.core.utils import repo_root
+
+    make_vars = re.findall(r"^([A-Z_]+) \?=", (repo_root() / "Makefile").read_text(), re.M)
+    assert "SEEDS" in make_vars and "TOKENIZER" in make_vars
+    env = {v: "1" for v in make_vars if v not in ("PRESET", "VOCAB_SIZE")}
+    env.update(PATH="/bin", HOME="/root", OMP_NUM_THREADS="2", CUDA_VISIBLE_DEVICES="0", PYTHONPATH="x",
+               LD_LIBRARY_PATH="x", HF_TOKEN="x", NCCL_DEBUG="INFO", TORCHINDUCTOR_CACHE_DIR="x", CHECKPOINT="x",
+               TOKENIZERS_PARALLELISM="false", MAKEFLAGS="", CI="true", GOLF_SHARED_DATA="x", LOCAL_RANK="0")
+    load_config(env=env)  # none of them is taken for a misspelled setting
