@@ -68,7 +68,8 @@ leaderboard: install
 	$(PY) -m golf.submit.leaderboard
 
 verify: install
-	$(PY) -m golf.submit.cli verify --record "$(RECORD)" $(if $(ARTIFACT),--artifact "$(ARTIFACT)")
+	$(PY) -m golf.submit.cli verify --record "$(RECORD)" $(if $(ARTIFACT),--artifact "$(ARTIFACT)") \
+	    $(if $(SEEDS),--seeds $(SEEDS))
 
 # The challenge's pull-request folder from a record: make submission RECORD=records/<track>/<record> GITHUB_ID=you [OUT=dir]
 submission: install

@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pv = sub.add_parser("verify", help="re-evaluate a record and check its claims")
     pv.add_argument("--record", required=True)
     pv.add_argument("--artifact")
-    pv.add_argument("--seeds", help="seeds to check (default: the first; 'all' for every seed)")
+    pv.add_argument("--seeds", help="seeds to check (default: every seed of the record)")
     pv.add_argument("--tolerance", type=float, help="allowed |val_bpb diff| (default 1e-4 with --artifact, 0.01 rebuilt)")
     pv.add_argument("--data-path")
     pc = sub.add_parser("submission", help="the challenge's pull-request folder from a record")

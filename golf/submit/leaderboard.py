@@ -46,6 +46,28 @@ def _arrow(abl: dict, key: str, fmt: str) -> str:
     return f"{fmt.format(a) if a is not None else '-'} → {fmt.format(b) if b is not None else '-'}"
 
 
+def ablation_problems(rec: Any) -> list[str]:
+    """What keeps an ablation.json from being listed (its shape, not its result)."""
+    if not isinstance(rec, dict):
+        return ["ablation.json is not a JSON object"]
+    problems = []
+    for arm in ("A", "B"):
+        a = rec.get(arm)
+        if not isinstance(a, dict) or not isinstance(a.get("settings"), list):
+            problems.append(f"ablation.json has no arm {arm} with a settings list")
+    c = rec.get("comparison", {})
+    if not isinstance(c, dict):
+        problems.append("ablation.json 'comparison' is not an object")
+    else:
+        bad = [k for k in ("mean_diff_bpb", "mean_diff_nats", "p_paired") if k in c
+               and not (isinstance(c[k], (int, float)) or c[k] is None)]
+        if bad:
+            problems.append(f"ablation.json comparison {bad} are not numbers")
+    if not isinstance(rec.get("seeds", []), list):
+        problems.append("ablation.json 'seeds' is not a list")
+    return problems
+
+
 def scan(records_dir: Path) -> tuple[dict[str, list[dict]], list[tuple[Path, list[str]]], list[dict]]:
     """-> (valid records by track, invalid (folder, problems), ablations)."""
     valid: dict[str, list[dict]] = {}
@@ -55,26 +77,29 @@ def scan(records_dir: Path) -> tuple[dict[str, list[dict]], list[tuple[Path, lis
     tracks = (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != R.MANIFESTS)
     for track_dir in sorted(tracks):
         for folder in sorted(p for p in track_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if track_dir.name == R.ABLATIONS_TRACK:
-                try:
-                    rec = json.loads((folder / "ablation.json").read_text(encoding="utf-8"))
-                    figures = {arm: arm_figures(folder, arm) for arm in ("A", "B")}
-                except (OSError, ValueError) as e:
-                    invalid.append((folder, [f"ablation.json unreadable ({e})"]))
+            try:  # one malformed record is listed as invalid; it never stops the leaderboard
+                if track_dir.name == R.ABLATIONS_TRACK:
+                    try:
+                        rec = json.loads((folder / "ablation.json").read_text(encoding="utf-8"))
+                        figures = {arm: arm_figures(folder, arm) for arm in ("A", "B")}
+                    except (OSError, ValueError) as e:
+                        invalid.append((folder, [f"ablation.json unreadable ({e})"]))
+                        continue
+                    problems = ablation_problems(rec) or R.data_leak_problems(root, folder, rec.get("data"))
+                    if problems:
+                        invalid.append((folder, problems))
+                    else:
+                        ablations.append({**rec, "_folder": folder, "_figures": figures})
                     continue
-                leak = R.data_leak_problems(root, folder, rec.get("data"))
-                if leak:
-                    invalid.append((folder, leak))
+                sub, problems = R.validate_record(folder)
+                if isinstance(sub, dict) and not problems:
+                    problems = R.data_leak_problems(root, folder, sub.get("data"))
+                if problems:
+                    invalid.append((folder, problems))
                 else:
-                    ablations.append({**rec, "_folder": folder, "_figures": figures})
-                continue
-            sub, problems = R.validate_record(folder)
-            if isinstance(sub, dict):
-                problems = problems + R.data_leak_problems(root, folder, sub.get("data"))
-            if problems:
-                invalid.append((folder, problems))
-            else:
-                valid.setdefault(track_dir.name, []).append({**sub, "_folder": folder})
+                    valid.setdefault(track_dir.name, []).append({**sub, "_folder": folder})
+            except Exception as e:  # noqa: BLE001 - a shape validation did not foresee
+                invalid.append((folder, [f"could not be read ({type(e).__name__}: {e})"]))
     for rows in valid.values():
         rows.sort(key=lambda s: (s["val_bpb"], s["date"]))
     return valid, invalid, ablations

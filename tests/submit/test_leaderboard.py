@@ -57,3 +57,30 @@ def test_cli_writes_file(tmp_path, capsys):
     assert L.main(["--records", str(root)]) == 0
     assert (root / "LEADERBOARD.md").is_file()
     assert "1 valid record(s), 0 invalid" in capsys.readouterr().out
+
+
+def test_one_bad_record_is_listed_and_never_stops_the_leaderboard(tmp_path):
+    """Hostile records: each is listed as invalid with a reason and the good one is still ranked."""
+    root = tmp_path / "records"
+    make_record(root / "cpu_tiny" / "2026-01-01_good", bpbs=(1.40, 1.42))
+    make_record(root / "cpu_tiny" / "2026-01-02_strbpb", val_bpb="1.41")
+    make_record(root / "cpu_tiny" / "2026-01-03_strseed", seed_results=[{"seed": 1, "val_bpb": "x", "val_loss": 2.5,
+                                                                           "bytes_total": "big"}], seeds=[1])
+    make_record(root / "cpu_tiny" / "2026-01-04_listy", seeds="1,2", seed_results={"1": {}})
+    make_record(root / "cpu_tiny" / "2026-01-05_nulls", config=None, data=[], bytes_total=None)
+    (root / "cpu_tiny" / "2026-01-06_notjson").mkdir(parents=True)
+    (root / "cpu_tiny" / "2026-01-06_notjson" / "submission.json").write_text("[1, 2")
+    (root / "cpu_tiny" / "2026-01-07_array").mkdir(parents=True)
+    (root / "cpu_tiny" / "2026-01-07_array" / "submission.json").write_text("[1, 2]")
+    abl = root / "ablations"
+    for name, body in (("2026-01-01_noA", {"B": {"settings": []}, "comparison": {}}), ("2026-01-02_list", [1]),
+                       ("2026-01-03_strcmp", {"A": {"settings": "x"}, "B": {"settings": []},
+                                               "comparison": {"mean_diff_bpb": "big"}})):
+        (abl / name).mkdir(parents=True)
+        (abl / name / "ablation.json").write_text(json.dumps(body))
+    out, n_ok, n_bad = L.build(root)
+    text = out.read_text()
+    assert n_ok == 1 and "[good]" in text
+    invalid = text[text.index("## Invalid"):]
+    for name in ("strbpb", "strseed", "listy", "nulls", "notjson", "array", "noA", "list", "strcmp"):
+        assert name in invalid, name

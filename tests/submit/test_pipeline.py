@@ -74,7 +74,10 @@ class FakeStages(RU.Stages):
 
     def quantize(self, env, run_dir, log):
         self._maybe_fail("quantize", env)
-        (run_dir / "model.ptz").write_bytes((run_dir / "final.pt").read_bytes())
+        blob = (run_dir / "final.pt").read_bytes()
+        if self.size < 5_000_000:  # the artifact's real size is its claimed one (verify measures the file)
+            blob += b" " * (self.size - 50_000 - len(blob))
+        (run_dir / "model.ptz").write_bytes(blob)
         (run_dir / "size.json").write_text(json.dumps({"bytes_total": self.size, "bytes_code": 50_000,
                                                        "bytes_model": self.size - 50_000}))
 
@@ -339,14 +342,16 @@ def test_code_version_ignores_committed_records_but_not_code(tmp_path, monkeypat
 def test_verify_artifact_and_rebuild(ws, monkeypatch, capsys):
     dest = submit(FakeStages(), name="v", seeds="1,2", track="t")
     art = next((ws / "runs").glob("v_*_s1")) / "model.ptz"
-    assert VE.verify(dest, artifact=art, stages=FakeStages()) is True
+    with pytest.raises(GolfError, match="one seed's artifact"):
+        VE.verify(dest, artifact=art, stages=FakeStages())  # every seed is the default; an artifact is one seed's
+    assert VE.verify(dest, artifact=art, seeds="1", stages=FakeStages()) is True
     assert "VERIFIED" in capsys.readouterr().out
     # a claim that the artifact does not reproduce fails
     sub = json.loads((dest / "submission.json").read_text())
     sub["seed_results"][0]["val_bpb"] -= 0.01
     sub["val_bpb"] = (sub["seed_results"][0]["val_bpb"] + sub["seed_results"][1]["val_bpb"]) / 2
     (dest / "submission.json").write_text(json.dumps(sub))
-    assert VE.verify(dest, artifact=art, stages=FakeStages()) is False
+    assert VE.verify(dest, artifact=art, seeds="1", stages=FakeStages()) is False
     # rebuild: needs the record's commit
     monkeypatch.setattr(VE, "git_commit", lambda: "0" * 40)
     with pytest.raises(GolfError, match="git checkout"):
@@ -362,6 +367,33 @@ def test_verify_artifact_and_rebuild(ws, monkeypatch, capsys):
     assert VE.verify(dest, seeds="2", stages=st) is True  # seed 2's claim is untouched; tolerance 0.01
     assert [c[2] for c in st.trained()] == [2]
     assert VE.verify(dest, seeds="1", stages=FakeStages(), tolerance=0.001) is False
+
+
+def test_verify_checks_every_seed_and_the_mean_by_default(ws, monkeypatch, capsys):
+    """A record whose seed 2 and mean were both edited by 0.2 BPB stays valid on paper (the mean is
+    the mean of the claims), so only re-measuring every seed catches it."""
+    dest = submit(FakeStages(), name="w", seeds="1,2", track="t")
+    sub = json.loads((dest / "submission.json").read_text())
+    sub["commit"] = sub["commit"].replace("+dirty", "")
+    monkeypatch.setattr(VE, "git_commit", lambda: sub["commit"])
+    (dest / "submission.json").write_text(json.dumps(sub))
+    st = FakeStages()
+    assert VE.verify(dest, stages=st) is True
+    assert sorted(c[2] for c in st.trained()) == [1, 2]  # both seeds re-run, no SEEDS given
+    assert "PASS mean val_bpb" in capsys.readouterr().out
+    sub["seed_results"][1]["val_bpb"] -= 0.2
+    sub["val_bpb"] = (sub["seed_results"][0]["val_bpb"] + sub["seed_results"][1]["val_bpb"]) / 2
+    (dest / "submission.json").write_text(json.dumps(sub))
+    assert R.validate_record(dest)[1] == []  # consistent on paper
+    assert VE.verify(dest, stages=FakeStages()) is False
+    out = capsys.readouterr().out
+    assert "FAIL seed 2" in out and "FAIL mean val_bpb" in out and "NOT VERIFIED" in out
+    sub["seed_results"][1]["val_bpb"] += 0.2
+    sub["val_bpb"] = (sub["seed_results"][0]["val_bpb"] + sub["seed_results"][1]["val_bpb"]) / 2
+    sub["seed_results"][0]["bytes_code"] = 1234  # a claimed code size the commit does not build
+    (dest / "submission.json").write_text(json.dumps(sub))
+    assert VE.verify(dest, stages=FakeStages()) is False
+    assert "FAIL seed 1: bytes_code" in capsys.readouterr().out
 
 
 def test_run_command_passes_env_logs_and_reports_failure(tmp_path):
