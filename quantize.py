@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from golf.core.utils import main_guard
+from golf.core.utils import GolfError, main_guard
 
 
 @main_guard
@@ -29,6 +29,10 @@ def main() -> None:
                                          "(default: the checkpoint's DATA_PATH)")
     ap.add_argument("--json", action="store_true", help="print the size report as JSON")
     a = ap.parse_args()
+    if a.check is not None and not a.check.strip():
+        raise GolfError("no artifact to check: make check-size ARTIFACT=runs/<id>/model.ptz")
+    if a.checkpoint is not None and not a.checkpoint.strip():
+        raise GolfError("no checkpoint: python quantize.py --checkpoint runs/<id>/final.pt")
     if a.check:
         size = check_size(a.check, a.code)
     else:

@@ -148,7 +148,7 @@ def check_size(artifact: str | Path, code: str | Path | None = None) -> dict[str
 def format_size(size: dict[str, Any]) -> str:
     lines = [f"{'group':<10} {'params':>12} {'bits':>10} {'zstd bytes':>12} {'bits/param':>10}"]
     for g, e in sorted(size["groups"].items(), key=lambda kv: -kv[1]["params"]):
-        bits = ",".join(sorted(e["bits"], key=int))
+        bits = ",".join(sorted(e["bits"], key=lambda b: (not str(b).isdigit(), int(b) if str(b).isdigit() else 0)))
         lines.append(f"{g:<10} {e['params']:>12,} {bits:>10} {e.get('compressed_bytes', 0):>12,} "
                      f"{e.get('bits_per_param', 0):>10}")
     lines.append(f"bytes_model: {size['bytes_model']:,} (header {size['header_bytes']:,}, payload "

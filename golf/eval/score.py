@@ -375,10 +375,8 @@ def check_artifact_matches_data(artifact: str, meta: dict[str, Any], data_path: 
     if mpath.is_file():
         entry = read_manifest(data_path)["tokenizer"]
         want, mvocab, where = entry.get("sha256"), entry.get("vocab_size"), f"see {mpath}"
-        exact_vocab = True
     elif tok is not None:
         want, mvocab, where = tok.sha256, tok.vocab_size, f"tokenizer {tok_file}"
-        exact_vocab = False  # a model may carry more rows than the tokenizer has pieces (VOCAB_SIZE padding)
     else:
         return str(have or "")
     if want and have and want != have:
@@ -386,7 +384,9 @@ def check_artifact_matches_data(artifact: str, meta: dict[str, Any], data_path: 
             f"tokenizer mismatch: {artifact} was trained with tokenizer sha256 {have[:12]}…, but the shards in "
             f"{data_path} were made with {want[:12]}… ({where}); evaluate on the data folder the model "
             f"was trained on (--data-path, --tokenizer-path), or re-train on this one")
-    if mvocab is not None and vocab and (int(mvocab) != vocab if exact_vocab else int(mvocab) > vocab):
+    # a model may carry more rows than the tokenizer has pieces (VOCAB_SIZE padding: training allows
+    # it, so scoring must too); fewer rows cannot score the data's tokens
+    if mvocab is not None and vocab and int(mvocab) > vocab:
         raise GolfError(
             f"vocab mismatch: {artifact} has vocab_size {vocab}, the data's tokenizer {mvocab} ({where}); use the "
             f"data folder the model was trained on (--data-path) or re-train with VOCAB_SIZE={mvocab}")

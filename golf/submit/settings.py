@@ -6,8 +6,11 @@ import os
 import shlex
 from typing import Any, Sequence
 
+import torch
+
 from golf.core.config import Hyperparameters, apply_overrides, check_name, load_config, parse_cli, parse_env
 from golf.core.utils import GolfError, device_description
+from golf.model.gpt import GPT
 
 
 def parse_seeds(s: str | None, default: int, count_ok: bool = False) -> list[int]:
@@ -48,7 +51,17 @@ def resolve_config(preset: str, settings: dict[str, Any], seed: int, run_id: str
     h = load_config(argv=[], env={}, preset=preset, finalize=False)  # checks the preset name
     apply_overrides(h, settings, "settings")
     h.seed, h.run_id, h.preset = seed, run_id, preset
-    return h.finalize()
+    h.finalize()
+    if run_id == "check":
+        check_buildable(h)
+    return h
+
+
+def check_buildable(h: Hyperparameters) -> None:
+    """Build the model on the meta device (no memory, no time): an unknown mixer or mechanism, or
+    two that cannot go together, fails here, before any arm of any run trains."""
+    with torch.device("meta"):
+        GPT(h.model_config())
 
 
 def config_env(h: Hyperparameters, base: dict[str, str] | None = None) -> dict[str, str]:

@@ -493,9 +493,11 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
                 log.kv(step=prog.step, train_loss=last_loss, status="diverged")
                 if d.master:
                     _write_metrics(run_dir, h, d, prog.history, {"status": "diverged", "steps": prog.step})
+                again = (f", or resume from that checkpoint with RESUME=1 RUN_ID={h.run_id}" if prog.last_ckpt
+                         else "; no checkpoint was written, so start again")
                 raise GolfError(f"train loss is {last_loss} at step {prog.step}: the run diverged and was stopped. "
                                 f"Last good checkpoint: {where}. Lower MATRIX_LR/EMBED_LR/SCALAR_LR or "
-                                f"GRAD_CLIP_NORM, or resume from that checkpoint with RESUME=1 RUN_ID={h.run_id}")
+                                f"GRAD_CLIP_NORM{again}")
             if (h.log_every > 0 and prog.step % h.log_every == 0) or prog.step == 1 or not budget_left(h, prog):
                 ms = 1000 * interval_t / max(interval_steps, 1)
                 row = dict(step=prog.step, train_loss=last_loss, lr_scale=sched.lr_scale, ms_step=ms,

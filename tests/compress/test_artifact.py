@@ -244,3 +244,18 @@ def test_quantize_cli_writes_artifact_and_size_json_and_enforces_cap(tmp_path, m
     assert "over the 16,000,000-byte cap" in capsys.readouterr().err
     assert run_cli("--check", str(tmp_path / "nope.ptz")) == 2
     assert "no such artifact" in capsys.readouterr().err
+    assert run_cli("--check", "") == 2  # make check-size without ARTIFACT=
+    assert "ARTIFACT=" in capsys.readouterr().err
+
+
+def test_untrained_model_with_equal_copies_quantises_and_prints(tmp_path):
+    """An ITERATIONS=0 run: zero-initialised projections are equal copies, stored as aliases; the
+    size table prints them (it once failed on int('alias') after model.ptz was written)."""
+    from golf.compress.export import format_size, quantize_checkpoint
+
+    h = _h()
+    torch.manual_seed(0)
+    ck = _final_pt(tmp_path, h, GPT(h.model_config()))
+    size = quantize_checkpoint(ck, code=__file__)
+    assert any("alias" in e["bits"] for e in size["groups"].values())
+    assert "bytes_total:" in format_size(size)

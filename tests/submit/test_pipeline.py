@@ -291,6 +291,12 @@ def test_ablate_rejects_typo_before_training(ws):
     with pytest.raises(GolfError, match="SMEAR_GATE"):
         AB.ablate("x", "", "SMEAR_GATES=0", preset="tiny", records_dir="records", stages=st)
     assert st.calls == []
+    # a setting that parses but builds no model (an unknown mixer) also stops before arm A trains
+    with pytest.raises(GolfError, match="unknown mixer 'foo'"):
+        AB.ablate("x", "", "MIXERS=foo", preset="tiny", records_dir="records", stages=st)
+    with pytest.raises(GolfError, match="NUM_HEADS=0 is out of range"):
+        AB.ablate("x", "", "NUM_HEADS=0", preset="tiny", records_dir="records", stages=st)
+    assert st.calls == []
 
 
 def test_cache_key_depends_on_config_seed_and_code():
