@@ -218,7 +218,11 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int = 1024, num_thread
     except RuntimeError as e:
         raise GolfError(f"SentencePiece training failed on {n[0]} text lines ({e}); give it more text "
                         f"or a smaller --vocab-size") from None
-    return SentencePieceTokenizer(buf.getvalue())
+    tok = SentencePieceTokenizer(buf.getvalue())
+    if tok.vocab_size != vocab_size:  # hard_vocab_limit=False lets a small corpus give fewer pieces
+        raise GolfError(f"the corpus ({n[0]} text lines) is too small for a {vocab_size}-piece vocabulary: "
+                        f"SentencePiece made only {tok.vocab_size}; use a smaller --vocab-size (VOCAB_SIZE=) or more text")
+    return tok
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:

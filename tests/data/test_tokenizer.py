@@ -71,3 +71,13 @@ def test_load_tokenizer_errors(tmp_path):
         load_tokenizer(tmp_path / "x.txt") if (tmp_path / "x.txt").write_text("") is None else load_tokenizer(tmp_path / "x.txt")
     with pytest.raises(GolfError, match="vocab size"):
         train_sentencepiece(["hello"], vocab_size=1000)
+
+
+def test_a_corpus_too_small_for_the_vocabulary_is_an_error():
+    """SentencePiece with hard_vocab_limit=False gives fewer pieces than asked on a small corpus; a
+    silently smaller vocabulary would then disagree with VOCAB_SIZE everywhere after."""
+    from golf.core.utils import GolfError
+    from golf.data.tokenizer import train_sentencepiece
+
+    with pytest.raises(GolfError, match="too small for a 8192-piece vocabulary"):
+        train_sentencepiece(["a tiny corpus of a few words"] * 40, 8192, num_threads=1)
