@@ -238,6 +238,24 @@ def run_files(run_dir: Path) -> dict[str, Path]:
     return {k: p for k, p in files.items() if p.is_file()}
 
 
+CACHED_FILES = ("model.ptz", "size.json", "eval.json", "metrics.json", "train.log")  # a reusable run has them all
+
+
+def cache_entry_problem(entry: dict[str, Any], run_dir: Path) -> str | None:
+    """Why a cached run cannot be reused (None: it can): a file missing or changed since it was cached."""
+    if not entry.get("result"):
+        return "the cache entry has no result"
+    hashes = entry.get("files")
+    if not isinstance(hashes, dict):
+        return "the cache entry predates file hashes"
+    for f in CACHED_FILES:
+        if not (run_dir / f).is_file():
+            return f"{run_dir / f} is missing"
+        if sha256_file(run_dir / f) != hashes.get(f):
+            return f"{run_dir / f} changed since it was cached"
+    return None
+
+
 def run_seed(h: Hyperparameters, stages: Stages, use_cache: bool = True) -> SeedRun:
     run_dir = Path(h.out_dir) / h.run_id
     code = code_version() if use_cache else None
@@ -246,10 +264,12 @@ def run_seed(h: Hyperparameters, stages: Stages, use_cache: bool = True) -> Seed
     if entry_path is not None and entry_path.is_file():
         entry = read_json(entry_path)
         old = Path(entry.get("run_dir", ""))
-        if entry.get("result") and (old / "eval.json").is_file() and (old / "size.json").is_file():
+        why = cache_entry_problem(entry, old)
+        if why is None:
             say(f"seed {h.seed}: reusing cached run {entry['run_id']} (same code, config, seed and data)")
             result = {**entry["result"], "reused": True}
             return SeedRun(h.seed, entry["run_id"], old, result, entry.get("config") or h.to_dict(), True, run_files(old))
+        say(f"seed {h.seed}: not reusing cached run {entry.get('run_id')}: {why}; training it again")
 
     if run_dir.exists():
         raise GolfError(f"{run_dir} already exists; use another RUN_ID or remove it")
@@ -282,7 +302,8 @@ def run_seed(h: Hyperparameters, stages: Stages, use_cache: bool = True) -> Seed
         say(f"warning: training used settings that differ from the pipeline's: {', '.join(diff)}")
     if entry_path is not None:
         atomic_write_json(entry_path, {"key": key, "code": code, "run_id": h.run_id, "run_dir": str(run_dir),
-                                       "result": result, "config": cfg})
+                                       "result": result, "config": cfg,
+                                       "files": {f: sha256_file(run_dir / f) for f in CACHED_FILES}})
     say(f"seed {h.seed}: val_bpb {result['val_bpb']:.4f}, bytes_total {result['bytes_total']:,}")
     return SeedRun(h.seed, h.run_id, run_dir, result, cfg, False, run_files(run_dir))
 

@@ -285,6 +285,16 @@ def test_ablate_records_both_arms_and_reuses_cached_a(ws):
     with pytest.raises(GolfError, match="already exists"):
         AB.ablate("layers", "", "NUM_LAYERS=5", preset="tiny", records_dir="records", stages=FakeStages())
 
+    # A cached run whose files are gone or changed is trained again, never turned into a record.
+    a_runs = [Path("runs") / r for r in rec["A"]["run_ids"]]
+    (a_runs[0] / "model.ptz").unlink()
+    (a_runs[1] / "eval.json").write_text((a_runs[1] / "eval.json").read_text().replace("0", "1", 1))
+    st3 = FakeStages()
+    AB.ablate("again", "NUM_MEMORY_TOKENS=0", "NUM_MEMORY_TOKENS=0 NUM_LAYERS=5", seeds="1,2,3", preset="tiny",
+              records_dir="records", stages=st3)
+    assert sorted(c[2] for c in st3.trained() if "_A_" in c[1]) == [1, 2]  # seed 3's A and every B are reused
+    assert [c for c in st3.trained() if "_B_" in c[1]] == []
+
 
 def test_ablate_rejects_typo_before_training(ws):
     st = FakeStages()
