@@ -120,7 +120,8 @@ class Hyperparameters(GPTConfig):
     val_every: int = 0  # steps between val evaluations; 0 = only at the end
     val_batch_tokens: int = 65536
     log_every: int = 10
-    checkpoint_every: int = 0  # steps; 0 = only on signal / at the end
+    checkpoint_every: int = 0  # steps; 0 = only by the clock (below), on a signal and at the end
+    checkpoint_minutes: float = 5.0  # wall-clock minutes between checkpoints (not counted in the budget); 0 = off
     resume: bool = False
     allow_oversize: bool = False  # go on although the size pre-flight says the artifact cannot fit
     # --- quantisation / artifact ----------------------------------------------------------------
@@ -220,7 +221,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "muon_momentum_warmup_start": (0, 0.999999), "muon_momentum_warmup_frac": (0, 1), "muon_backend_steps": (1, None),
     "muon_weight_decay": (0, None), "adam_weight_decay": (0, None), "grad_clip_norm": (0, None),
     "ema_horizon_frac": (_POS, None), "qat_lr_scale": (0, 1), "val_every": (0, None), "val_batch_tokens": (1, None),
-    "log_every": (0, None), "checkpoint_every": (0, None), "quant_min_numel": (0, None), "zstd_level": (1, 22),
+    "log_every": (0, None), "checkpoint_every": (0, None), "checkpoint_minutes": (0, None), "quant_min_numel": (0, None), "zstd_level": (1, 22),
     "eval_seq_len": (0, None), "eval_stride": (1, None), "eval_batch_windows": (1, None),
     "quant_calib_batches": (1, None), "quant_calib_seqs": (1, None),
 }

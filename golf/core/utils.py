@@ -11,11 +11,14 @@ import hashlib
 import json
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 class GolfError(RuntimeError):
@@ -39,7 +42,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the final file gets the usual mode
@@ -49,6 +52,44 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+_TMP_NAME = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[A-Za-z0-9_]{6,}\.tmp$")
+STALE_UNOWNED_SECONDS = 3600  # a temporary without its writer's pid (older golf) is stale after an hour
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def sweep_stale(folder: str | os.PathLike, say: Callable[[str], None] | None = print) -> list[Path]:
+    """Remove the temporaries of killed atomic writes in `folder` (`.<name>.<pid>.<random>.tmp`, a
+    file or a folder whose writing process is gone), naming each; returns what was removed. A
+    temporary whose writer still runs is left alone."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = _TMP_NAME.match(p.name)
+        if not m:
+            continue
+        pid = m.group("pid")
+        if pid is not None and (int(pid) == os.getpid() or _alive(int(pid))):
+            continue
+        if pid is None and time.time() - p.stat().st_mtime < STALE_UNOWNED_SECONDS:
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        removed.append(p)
+        if say is not None:
+            say(f"[golf] removed {p}: the temporary of a write that was killed before it finished")
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -77,21 +118,17 @@ def atomic_dir(path: str | os.PathLike, exist_ok: bool = False) -> Iterator[Path
     if path.exists() and not exist_ok:
         raise GolfError(f"{path} already exists; choose another name (records are never overwritten)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
         if path.exists():
             if not exist_ok:
                 raise GolfError(f"{path} appeared while it was being written; nothing was overwritten")
-            import shutil
-
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
 
 

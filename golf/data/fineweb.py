@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from golf.core.utils import GolfError, atomic_path, main_guard
+from golf.core.utils import GolfError, atomic_path, main_guard, sweep_stale
 from golf.data.folder import split_layout, tokenizer_path
 from golf.data.shards import read_header
 from golf.data.tokenizer import load_tokenizer
@@ -127,6 +127,8 @@ def download(variant: str = "sp1024", train_shards: int = DEFAULT_TRAIN_SHARDS,
     """Fetch the manifest, every val shard, `train_shards` train shards and the tokenizer into the
     challenge's layout under `local_dir` (default ./data). Returns what DATA_PATH / TOKENIZER_PATH are."""
     root = Path(local_dir) if local_dir else Path("data")
+    for folder in (root, root / "tokenizers", root / "datasets" / dataset_name(variant)):
+        sweep_stale(folder)  # partial files of an earlier interrupted download
     manifest_file = local_path(root, f"{REMOTE_ROOT}/manifest.json")
     _fetch(f"{REMOTE_ROOT}/manifest.json", manifest_file, download_fn)
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from golf.core.utils import GolfError, atomic_dir, atomic_write_json, git_commit, main_guard, sha256_file
+from golf.core.utils import GolfError, atomic_dir, atomic_write_json, git_commit, main_guard, sha256_file, sweep_stale
 from golf.data.corpus import corpus_stem, iter_documents, source_files
 from golf.data.folder import SPLITS, read_manifest, shard_name, split_layout
 from golf.data.shards import HEADER_INTS, MAGIC, VERSION, write_shard
@@ -125,6 +125,7 @@ def write_data_folder(out: str | os.PathLike, tokenizer, splits, name: str,
         raise GolfError(f"vocab size {tokenizer.vocab_size} does not fit uint16 shards; use --vocab-size <= 65536")
     t0 = time.time()
     out = Path(out)
+    sweep_stale(out.parent)  # folders of earlier killed runs of this command
     with atomic_dir(out, exist_ok=True) as tmp:
         tok_file = save_tokenizer(tokenizer, tmp).name
         writers = {s: ShardWriter(tmp, s, shard_tokens) for s in SPLITS}

@@ -8,7 +8,7 @@ from typing import Any
 from golf.core import plots
 from golf.core.config import Hyperparameters
 from golf.core.utils import (GolfError, atomic_dir, atomic_write_json, atomic_write_text, device_description,
-                             git_commit, now_stamp, today)
+                             git_commit, now_stamp, sweep_stale, today)
 from golf.submit import records as R
 from golf.submit import stats
 from golf.submit.runs import SeedRun, Stages, copy_seed_files, ensure_data, run_seed, say, seed_history
@@ -78,6 +78,7 @@ def ablate(
         "commit": commit, "hardware": device_description(),
         "data": R.store_manifest(Path(records_dir), cfg_a.data_path, cfg_a.tokenizer_path),
     }
+    sweep_stale(dest.parent)
     with atomic_dir(dest) as tmp:
         files = []
         for arm in ("A", "B"):

@@ -31,7 +31,8 @@ from typing import Any, Iterator
 
 from golf.compress.bundle import bundle_bytes, record_config
 from golf.core.config import BYTES_CAP
-from golf.core.utils import GolfError, atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text, repo_root
+from golf.core.utils import (GolfError, atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text, repo_root,
+                             sweep_stale)
 from golf.submit import records as R
 from golf.submit import stats
 
@@ -217,6 +218,7 @@ def write_submission(record: str | Path, out: str | Path = DEFAULT_OUT, github_i
     reqs = [f"torch=={torch_req}" if torch_req else "torch", *REQUIREMENTS]
     if sub["config"].get("compressor") == "brotli":
         reqs.append("brotli")
+    sweep_stale(dest.parent)
     with atomic_dir(dest) as tmp:
         atomic_write_bytes(tmp / "train_gpt.py", code)
         atomic_write_json(tmp / "submission.json", ch)

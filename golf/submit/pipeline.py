@@ -12,7 +12,7 @@ from typing import Any
 from golf.core import plots
 from golf.core.config import PRESETS, Hyperparameters, load_config
 from golf.core.utils import (GolfError, atomic_dir, atomic_write_json, atomic_write_text, device_description,
-                             git_commit, now_stamp, repo_root, today)
+                             git_commit, now_stamp, repo_root, sweep_stale, today)
 from golf.submit import records as R
 from golf.submit import stats
 from golf.submit.runs import DEFAULT_DATA_PATH, Stages, copy_seed_files, ensure_data, run_seed, say, seed_history
@@ -87,6 +87,7 @@ def submit(
         "reused_runs": [r.run_id for r in runs if r.reused],
     }
 
+    sweep_stale(dest.parent)
     with atomic_dir(dest) as tmp:
         files = []
         for r in runs:

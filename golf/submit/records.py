@@ -39,7 +39,7 @@ CHALLENGE_FIELDS = ("author", "github_id", "name", "blurb", "date", "val_loss", 
 SEED_FIELDS = ("seed", "val_loss", "val_bpb", "bytes_total")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 # Settings that never change the result; left out of reproduce commands and cache keys.
-NON_RESULT_KEYS = ("run_id", "out_dir", "resume", "seed", "preset", "log_every", "checkpoint_every")
+NON_RESULT_KEYS = ("run_id", "out_dir", "resume", "seed", "preset", "log_every", "checkpoint_every", "checkpoint_minutes")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from golf.core.checkpoint import load_checkpoint, rng_state, save_checkpoint, se
 from golf.core.config import BYTES_CAP
 from golf.core.dist import Dist, setup, teardown
 from golf.core.utils import (GolfError, RunLog, atomic_path, atomic_write_json, compile_stats, device_description,
-                             git_commit)
+                             git_commit, now_stamp, sweep_stale)
 from golf.data.bpb import bits_per_byte, build_luts, token_bytes
 from golf.data.folder import load_data_tokenizer, load_split
 from golf.data.loader import TokenLoader
@@ -213,7 +213,8 @@ def evaluate_val(model: nn.Module, val: np.ndarray, luts, seq_len: int, batch_se
 _AUTO_ID = re.compile(r"^(?P<preset>.+)_\d{8}_\d{6}_s(?P<seed>-?\d+)$")
 # settings that may differ between a run and its resumption (they do not change the trajectory
 # on CPU, or only the stopping point)
-_RESUME_FREE = {"run_id", "resume", "iterations", "max_wallclock_seconds", "checkpoint_every", "log_every",
+_RESUME_FREE = {"run_id", "resume", "iterations", "max_wallclock_seconds", "checkpoint_every", "checkpoint_minutes",
+                "log_every",
                 "val_every", "allow_oversize", "device", "compile", "compile_backend", "out_dir"}
 
 
@@ -380,8 +381,17 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
     if not h.resume and ckpt_path.exists():
         raise GolfError(f"{run_dir} holds an interrupted run ({ckpt_path}); continue it with RESUME=1 "
                         f"RUN_ID={h.run_id} or choose another RUN_ID")
+    if d.master:
+        sweep_stale(run_dir)  # ckpt.pt / final.pt / model.ptz temporaries of a killed earlier attempt
+    stale_log = None
+    if not h.resume and (run_dir / "train.log").exists() and d.master:
+        # a run killed before its first checkpoint: keep its log aside rather than append a second run to it
+        stale_log = run_dir / f"train.log.killed-{now_stamp()}"
+        (run_dir / "train.log").rename(stale_log)
     log = RunLog(run_dir / "train.log", enabled=d.master, mirror=submission_log(h))
     log.header(h.to_dict())
+    if stale_log is not None:
+        log.write(f"# the log of an earlier attempt with this RUN_ID (stopped before any checkpoint) is {stale_log.name}")
     is_cuda = d.device.type == "cuda"
     use_compile = h.compile == "on" or (h.compile == "auto" and is_cuda)
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if is_cuda else contextlib.nullcontext
@@ -455,6 +465,7 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
 
     status, val_loss, val_bpb = "finished", None, None
     interval_t, interval_steps, last_loss = 0.0, 0, float("nan")
+    last_ckpt_wall = time.time()  # CHECKPOINT_MINUTES: a kill -9 loses at most that much work
     with StopFlag() as stop:
         t0 = time.perf_counter()
         while budget_left(h, prog):
@@ -475,13 +486,14 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
             now = time.perf_counter()
             elapsed_local = prog.elapsed + (now - t0)
             t0 = now
+            since_ckpt = time.time() - last_ckpt_wall
             if d.on:
                 red = torch.tensor([loss.item(), 0.0], dtype=torch.float64, device=d.device)
-                mx = torch.tensor([elapsed_local, float(stop.signum)], dtype=torch.float64, device=d.device)
+                mx = torch.tensor([elapsed_local, float(stop.signum), since_ckpt], dtype=torch.float64, device=d.device)
                 dist.all_reduce(red)
                 dist.all_reduce(mx, op=dist.ReduceOp.MAX)
                 last_loss = red[0].item() / d.world_size
-                prog.elapsed, stop_req = mx[0].item(), int(mx[1].item())
+                prog.elapsed, stop_req, since_ckpt = mx[0].item(), int(mx[1].item()), mx[2].item()
             else:
                 last_loss, prog.elapsed, stop_req = loss.item(), elapsed_local, stop.signum
             interval_t += now - t_step
@@ -489,7 +501,7 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
             if bar is not None:
                 bar.update((round(prog.elapsed) - bar.n) if h.max_wallclock_seconds > 0 else 1)
             if not math.isfinite(last_loss):
-                where = str(prog.last_ckpt) if prog.last_ckpt else "none (set CHECKPOINT_EVERY=N to keep periodic checkpoints)"
+                where = str(prog.last_ckpt) if prog.last_ckpt else "none (CHECKPOINT_MINUTES / CHECKPOINT_EVERY keep periodic ones)"
                 log.kv(step=prog.step, train_loss=last_loss, status="diverged")
                 if d.master:
                     _write_metrics(run_dir, h, d, prog.history, {"status": "diverged", "steps": prog.step})
@@ -516,9 +528,12 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
                 prog.last_ckpt = ckpt(f"signal {stop_req}")
                 status = "interrupted"
                 break
-            if h.checkpoint_every > 0 and prog.step % h.checkpoint_every == 0 and budget_left(h, prog):
-                prog.last_ckpt = ckpt("periodic")
-                t0 = time.perf_counter()
+            by_steps = h.checkpoint_every > 0 and prog.step % h.checkpoint_every == 0
+            by_clock = h.checkpoint_minutes > 0 and since_ckpt >= 60 * h.checkpoint_minutes
+            if (by_steps or by_clock) and budget_left(h, prog):
+                prog.last_ckpt = ckpt("periodic" if by_steps else f"every {h.checkpoint_minutes:g} min")
+                last_ckpt_wall = time.time()
+                t0 = time.perf_counter()  # writing it does not count against the training budget
     if bar is not None:
         bar.close()
     recompiles = None

@@ -55,3 +55,42 @@ def test_atomic_outputs_get_the_usual_permissions(tmp_path):
         os.umask(mask)
     assert stat.S_IMODE(f.stat().st_mode) == 0o644  # not mkstemp's 0600
     assert stat.S_IMODE((tmp_path / "rec").stat().st_mode) == 0o755
+
+
+def test_stale_temporaries_of_killed_writes_are_removed_and_named(tmp_path, capsys):
+    """A kill -9 in the middle of an atomic write leaves `.<name>.<pid>.<random>.tmp` behind; the next
+    run removes it when its writer is gone, leaves a live writer's alone, and says what it removed."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from golf.core.utils import STALE_UNOWNED_SECONDS, atomic_dir, atomic_path, sweep_stale
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f".model.ptz.{dead.pid}.ab12cd34.tmp").write_bytes(b"half")
+    (tmp_path / f".2026-01-01_rec.{dead.pid}.x1y2z3w4.tmp").mkdir()  # an atomic_dir record folder
+    (tmp_path / f".final.pt.{child.pid}.qq11ww22.tmp").write_bytes(b"being written")
+    old = tmp_path / ".size.json.k9k9k9k9.tmp"  # an older golf's name, no pid: stale after an hour
+    old.write_bytes(b"{")
+    os.utime(old, (time.time() - STALE_UNOWNED_SECONDS - 5,) * 2)
+    young = tmp_path / ".eval.json.j8j8j8j8.tmp"
+    young.write_bytes(b"{")
+    keep = tmp_path / "model.ptz"
+    keep.write_bytes(b"done")
+    try:
+        removed = sorted(p.name for p in sweep_stale(tmp_path))
+    finally:
+        child.kill()
+    assert removed == sorted([f".model.ptz.{dead.pid}.ab12cd34.tmp", f".2026-01-01_rec.{dead.pid}.x1y2z3w4.tmp",
+                              ".size.json.k9k9k9k9.tmp"])
+    assert (tmp_path / f".final.pt.{child.pid}.qq11ww22.tmp").exists() and young.exists() and keep.exists()
+    assert "removed" in capsys.readouterr().out
+    # golf's own temporaries carry the writer's pid
+    with atomic_path(tmp_path / "x.bin") as t:
+        assert f".x.bin.{os.getpid()}." in t.name and t.name.endswith(".tmp")
+        assert sweep_stale(tmp_path) == []  # our own live write is never swept
+    with atomic_dir(tmp_path / "rec") as t:
+        assert f".rec.{os.getpid()}." in t.name

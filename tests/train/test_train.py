@@ -213,3 +213,20 @@ def test_cuda_compiled_bf16_training_run(byte_data_dir, tmp_path, mixers):
     log = (out / "cuda" / "train.log").read_text()
     assert "amp:bf16" in log and "qat:on" in log and "compile_graph_breaks:0" in log
     assert res["recompiles_in_loop"] == 0 and math.isfinite(res["val_bpb"])
+
+
+def test_checkpoints_by_the_wall_clock_and_a_killed_runs_log_is_kept_aside(byte_data_dir, tmp_path):
+    """CHECKPOINT_MINUTES (default 5) writes ckpt.pt by the clock, so kill -9 loses minutes; a run
+    started again under the RUN_ID of one killed before any checkpoint gets a fresh log, the old
+    one kept beside it (not a second header appended)."""
+    out = tmp_path / "runs"
+    assert load_config(env={}).checkpoint_minutes == 5.0
+    run_dir = out / "clock"
+    run_dir.mkdir(parents=True)
+    (run_dir / "train.log").write_text("# golf run log, killed at step 3\n")
+    run_inprocess(args(byte_data_dir, out, "clock", iterations=4, checkpoint_minutes=1e-9))
+    log = (run_dir / "train.log").read_text()
+    assert log.count("# golf run log") == 1 and "killed at step 3" not in log
+    assert [p.read_text() for p in run_dir.glob("train.log.killed-*")] == ["# golf run log, killed at step 3\n"]
+    periodic = [line for line in log.splitlines() if line.startswith("checkpoint:") and "reason:every" in line]
+    assert len(periodic) == 3  # after steps 1-3 (step 4 ends the run: the end checkpoint)
