@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -271,14 +272,31 @@ def run_seed(h: Hyperparameters, stages: Stages, use_cache: bool = True) -> Seed
             return SeedRun(h.seed, entry["run_id"], old, result, entry.get("config") or h.to_dict(), True, run_files(old))
         say(f"seed {h.seed}: not reusing cached run {entry.get('run_id')}: {why}; training it again")
 
-    if run_dir.exists():
-        raise GolfError(f"{run_dir} already exists; use another RUN_ID or remove it")
-    run_dir.mkdir(parents=True)
+    interrupted = interrupted_run(h) if h.resume else None
+    if interrupted is not None:  # RESUME=1: continue this seed's interrupted run from its ckpt.pt
+        h.run_id, run_dir = interrupted.name, interrupted
+        say(f"seed {h.seed}: resuming {run_dir} from its checkpoint")
+    else:
+        if h.resume:
+            say(f"seed {h.seed}: RESUME=1 but no interrupted run of it under {h.out_dir}/; starting it")
+        # two pipelines of the same NAME started in the same second get distinct run folders
+        h.run_id = unique_run_id(h.out_dir, h.run_id)
+        run_dir = Path(h.out_dir) / h.run_id
+        run_dir.mkdir(parents=True)
     log = run_dir / "pipeline.log"
     env = config_env(h)
+    if interrupted is not None:
+        env["RESUME"] = "1"
     say(f"seed {h.seed}: train -> export -> score {h.run_id} (log {run_dir / 'train.log'})")
     t0 = time.time()
-    stages.run(env, run_dir, log)
+    try:
+        stages.run(env, run_dir, log)
+    except (GolfError, KeyboardInterrupt) as e:
+        if (run_dir / "ckpt.pt").is_file() and not (run_dir / "eval.json").is_file():
+            raise GolfError(f"seed {h.seed} stopped before it finished ({e}); its checkpoint is "
+                            f"{run_dir / 'ckpt.pt'}. Continue the whole pipeline: the same command with RESUME=1 "
+                            f"(finished seeds are reused from the cache, this one resumes)") from None
+        raise
     wall = time.time() - t0
     if not (run_dir / "final.pt").is_file():
         raise GolfError(f"training finished but {run_dir / 'final.pt'} is missing; see {log}")
@@ -306,6 +324,21 @@ def run_seed(h: Hyperparameters, stages: Stages, use_cache: bool = True) -> Seed
                                        "files": {f: sha256_file(run_dir / f) for f in CACHED_FILES}})
     say(f"seed {h.seed}: val_bpb {result['val_bpb']:.4f}, bytes_total {result['bytes_total']:,}")
     return SeedRun(h.seed, h.run_id, run_dir, result, cfg, False, run_files(run_dir))
+
+
+_STAMPED = re.compile(r"^(?P<name>.+)_\d{8}_\d{6}_s(?P<seed>-?\d+)(?:_\d+)?$")
+
+
+def interrupted_run(h: Hyperparameters) -> Path | None:
+    """The newest run folder of this pipeline NAME and seed that holds a ckpt.pt and no score yet
+    (an interrupted `make train-and-submit` / `make ablate`), or None."""
+    m = _STAMPED.match(h.run_id)
+    if not m:
+        return None
+    cands = [p.parent for p in Path(h.out_dir).glob(f"{m.group('name')}_*_s{h.seed}*/ckpt.pt")
+             if _STAMPED.match(p.parent.name) and _STAMPED.match(p.parent.name).group("name") == m.group("name")
+             and int(_STAMPED.match(p.parent.name).group("seed")) == h.seed and not (p.parent / "eval.json").exists()]
+    return max(cands, key=lambda p: (p / "ckpt.pt").stat().st_mtime) if cands else None
 
 
 def unique_run_id(out_dir: str, base: str) -> str:

@@ -537,3 +537,45 @@ def test_challenge_download_is_read_checked_and_pinned_without_a_golf_manifest(t
     (other / "wiki_train_val_000000.bin").write_bytes(b"")
     with pytest.raises(GolfError, match="neither golf's manifest.json nor the challenge's"):
         RU.ensure_data(load_config(env={"DATA_PATH": str(other)}), RU.Stages(), tmp_path / "prep.log")
+
+
+class CrashingStages(FakeStages):
+    """Seed 2's training is killed after its first checkpoint (once)."""
+
+    def __init__(self):
+        super().__init__()
+        self.crashed = False
+        self.envs = []
+
+    def run(self, env, run_dir, log):
+        self.envs.append(dict(env))
+        if int(env["SEED"]) == 2 and not self.crashed:
+            self.crashed = True
+            (run_dir / "ckpt.pt").write_text("step 5")
+            raise GolfError("train_gpt.py failed with exit code 143")
+        super().run(env, run_dir, log)
+
+
+def test_an_interrupted_pipeline_resumes_with_resume_1(ws, capsys):
+    st = CrashingStages()
+    with pytest.raises(GolfError, match="the same command with RESUME=1") as e:
+        submit(st, name="long", seeds="1,2,3")
+    assert "ckpt.pt" in str(e.value) and not Path("records").exists()
+    crashed_dir = next(Path("runs").glob("long_*_s2"))
+    capsys.readouterr()
+    dest = submit(st, name="long", seeds="1,2,3", settings={"resume": True})
+    out = capsys.readouterr().out
+    assert "seed 1: reusing cached run" in out and f"seed 2: resuming {crashed_dir}" in out
+    resumed = [env for env in st.envs if env["SEED"] == "2"][-1]
+    assert resumed["RESUME"] == "1" and resumed["RUN_ID"] == crashed_dir.name
+    sub = json.loads((dest / "submission.json").read_text())
+    assert [r["run_id"] for r in sub["seed_results"]][1] == crashed_dir.name and sub["seeds"] == [1, 2, 3]
+
+
+def test_two_pipelines_of_one_name_in_the_same_second_get_their_own_runs(ws, monkeypatch):
+    monkeypatch.setattr(P, "now_stamp", lambda: "20260101_000000")
+    a = submit(FakeStages(), name="same", seeds="1", settings={"num_layers": 3}, track="t1")
+    b = submit(FakeStages(), name="same", seeds="1", settings={"num_layers": 5}, track="t2")  # another config
+    ra = json.loads((a / "submission.json").read_text())["seed_results"][0]["run_id"]
+    rb = json.loads((b / "submission.json").read_text())["seed_results"][0]["run_id"]
+    assert ra == "same_20260101_000000_s1" and rb == "same_20260101_000000_s1_2"
