@@ -8,8 +8,8 @@ Layout (all integers little-endian):
               tokenizer_sha256, config (the full run config, for provenance), commit, tensor
               manifest [{name, shape, dtype, group, encoding, bits, packing, offset, nbytes,
               scale_offset, scale_nbytes, alias_of}], payload_sha256 (of the compressed payload),
-              raw_sha256 / raw_bytes (of the decompressed payload), frames [{group, raw_bytes,
-              zstd_bytes}]
+              raw_sha256 / raw_bytes (of the decompressed payload), compressor, frames [{group,
+              raw_bytes, compressed_bytes}] (zstd_bytes in artifacts written before COMPRESSOR)
     u64       payload length P
     P bytes   the payload: one frame per quant group, back to back, each compressed with the header's
               `compressor` (zstd at ZSTD_LEVEL by default; brotli, lzma or lrzip: COMPRESSOR,
