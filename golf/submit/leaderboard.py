@@ -74,7 +74,7 @@ def scan(records_dir: Path) -> tuple[dict[str, list[dict]], list[tuple[Path, lis
     invalid: list[tuple[Path, list[str]]] = []
     ablations: list[dict] = []
     root = Path(records_dir)
-    tracks = (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != R.MANIFESTS)
+    tracks = (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in (R.MANIFESTS, R.BENCHES))
     for track_dir in sorted(tracks):
         for folder in sorted(p for p in track_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             try:  # one malformed record is listed as invalid; it never stops the leaderboard
