@@ -149,6 +149,13 @@ class Hyperparameters(GPTConfig):
     eval_stride: int = 64
     eval_batch_windows: int = 32
     eval_contexts: str = ""  # extra context lengths for the multi-context report, e.g. "512,1024,2048"
+    # --- score-first test-time training (golf/eval/ttt.py; the challenge records' names) -------------
+    ttt: str = ""  # "" = plain sliding window | sgd = score-first global SGD
+    ttt_chunk_size: int = 32768  # tokens scored before each adaptation
+    global_ttt_lr: float = 1e-4
+    ttt_momentum: float = 0.9
+    ttt_steps: int = 1  # SGD passes over each chunk after it is scored
+    ttt_time_budget_s: float = 0.0  # stop adapting (score the rest plainly) after this long; 0 = no limit
 
     # ------------------------------------------------------------------------------------------
     def finalize(self) -> "Hyperparameters":
@@ -180,6 +187,8 @@ class Hyperparameters(GPTConfig):
         if self.lqer_rank < 0 or not 2 <= self.lqer_bits <= 8 or self.lqer_top_k < 0 or self.lqer_group < 0:
             raise GolfError(f"LQER_RANK={self.lqer_rank} (>= 0), LQER_BITS={self.lqer_bits} (2..8), LQER_TOP_K="
                             f"{self.lqer_top_k} (>= 0), LQER_GROUP={self.lqer_group} (>= 0, 0 = per row): out of range")
+        if self.ttt not in ("", "sgd"):
+            raise GolfError(f"TTT={self.ttt!r}: use sgd (score-first global SGD) or leave it empty")
         if self.quant_scheme not in QUANT_SCHEMES:
             raise GolfError(f"QUANT_SCHEME={self.quant_scheme!r}: use one of {', '.join(QUANT_SCHEMES)}")
         if self.quant_scheme == "gptq" and (self.quant_calib_batches < 1 or self.quant_calib_seqs < 1):
@@ -223,7 +232,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "ema_horizon_frac": (_POS, None), "qat_lr_scale": (0, 1), "val_every": (0, None), "val_batch_tokens": (1, None),
     "log_every": (0, None), "checkpoint_every": (0, None), "checkpoint_minutes": (0, None), "quant_min_numel": (0, None), "zstd_level": (1, 22),
     "eval_seq_len": (0, None), "eval_stride": (1, None), "eval_batch_windows": (1, None),
-    "quant_calib_batches": (1, None), "quant_calib_seqs": (1, None),
+    "quant_calib_batches": (1, None), "quant_calib_seqs": (1, None), "ttt_chunk_size": (1, None),
+    "global_ttt_lr": (0, None), "ttt_momentum": (0, 0.999999), "ttt_steps": (1, None), "ttt_time_budget_s": (0, None),
 }
 
 

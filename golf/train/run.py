@@ -22,6 +22,7 @@ from golf.data.bpb import build_luts
 from golf.data.folder import load_data_tokenizer, load_split
 from golf.eval.report import plot_bpb_vs_position, summary, write_report
 from golf.eval.score import evaluate_contexts, score
+from golf.eval.ttt import strategy_for
 from golf.train.trainer import run_training, setup_distributed, submission_log
 
 
@@ -91,7 +92,8 @@ def run(h: Hyperparameters) -> dict[str, Any]:
         _append(run_dir, f"diagnostic pre-quantization val_loss:{pre['val_loss']:.8f} val_bpb:{pre['val_bpb']:.8f} "
                          f"eval_time:{1000 * pre['seconds']:.0f}ms", d, h)
         rep = score(artifact, h.data_path, contexts=score_contexts(h), device=str(d.device),
-                    rank=d.rank, world_size=d.world_size, tokenizer_path=h.tokenizer_path)
+                    rank=d.rank, world_size=d.world_size, tokenizer_path=h.tokenizer_path,
+                    strategy=strategy_for(h, h.eval_seq_len, h.eval_stride, h.eval_batch_windows))
         rep["prequant"] = pre
         if d.master:
             write_report(run_dir / "eval.json", rep)
@@ -103,7 +105,8 @@ def run(h: Hyperparameters) -> dict[str, Any]:
             if plain:
                 _append(run_dir, f"final_int_zstd_roundtrip_exact val_loss:{plain['val_loss']:.8f} "
                                  f"val_bpb:{plain['val_bpb']:.8f}", d, h)
-            _append(run_dir, f"final_sliding_window_exact val_loss:{rep['val_loss']:.8f} val_bpb:{rep['val_bpb']:.8f} "
+            # the score's line is named by its strategy: final_sliding_window_exact, or final_score_first_sgd_exact
+            _append(run_dir, f"final_{rep['strategy']}_exact val_loss:{rep['val_loss']:.8f} val_bpb:{rep['val_bpb']:.8f} "
                              f"stride:{rep['stride']} seq_len:{rep['seq_len']}", d, h)
             print(summary(rep), flush=True)
         return {**summary_, "size": size, "eval": rep}
