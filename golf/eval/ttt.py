@@ -89,14 +89,14 @@ class ScoreFirstSGD:
                 for b in range(0, len(cs), self.batch_windows):
                     bs, bn = cs[b:b + self.batch_windows], cn[b:b + self.batch_windows]
                     nll, x, y = _window_losses(model, stream, bs, self.seq_len, device)
-                    nbytes = token_bytes(x, y, luts)
-                    for w in range(len(bs)):
-                        sl = slice(self.seq_len - int(bn[w]), self.seq_len)
-                        pos_loss[sl] += nll[w, sl].double().cpu().numpy()
-                        pos_tok[sl] += 1
-                        pos_bytes[sl] += nbytes[w, sl].double().cpu().numpy()
-                        chunk_loss += float(nll[w, sl].double().sum())
-                        target_loss[int(bs[w]) + sl.start:int(bs[w]) + sl.stop] = nll[w, sl].double().cpu().numpy()
+                    nll = nll.double().cpu().numpy()
+                    nbytes = token_bytes(x, y, luts).double().cpu().numpy()
+                    scored = np.arange(self.seq_len)[None] >= (self.seq_len - bn)[:, None]  # each window's last n
+                    pos_loss += np.where(scored, nll, 0.0).sum(0)
+                    pos_tok += scored.sum(0)
+                    pos_bytes += np.where(scored, nbytes, 0.0).sum(0)
+                    chunk_loss += float(nll[scored].sum())
+                    target_loss[(bs[:, None] + np.arange(self.seq_len)[None])[scored]] = nll[scored]
             first, last = done, done + int(cn.sum())
             order.append((first, last))  # targets [first, last) scored at this step
             step_loss.append(chunk_loss)
