@@ -131,10 +131,7 @@ class ScoreFirstSGD:
 
 def strategy_for(h: Any, seq_len: int, stride: int, batch_windows: int):
     """The evaluation strategy a config asks for (TTT=sgd), or None for the plain sliding window."""
-    kind = str(getattr(h, "ttt", "") or "")
-    if not kind:
+    if not getattr(h, "ttt", ""):  # the value itself is checked with the other settings (config.finalize)
         return None
-    if kind != "sgd":
-        raise GolfError(f"TTT={kind!r}: use sgd (score-first global SGD) or leave it empty")
     return ScoreFirstSGD(seq_len, stride, batch_windows, chunk_tokens=int(h.ttt_chunk_size), lr=float(h.global_ttt_lr),
                          momentum=float(h.ttt_momentum), steps=int(h.ttt_steps), time_budget_s=float(h.ttt_time_budget_s))

@@ -335,9 +335,12 @@ def interrupted_run(h: Hyperparameters) -> Path | None:
     m = _STAMPED.match(h.run_id)
     if not m:
         return None
-    cands = [p.parent for p in Path(h.out_dir).glob(f"{m.group('name')}_*_s{h.seed}*/ckpt.pt")
-             if _STAMPED.match(p.parent.name) and _STAMPED.match(p.parent.name).group("name") == m.group("name")
-             and int(_STAMPED.match(p.parent.name).group("seed")) == h.seed and not (p.parent / "eval.json").exists()]
+    cands = []
+    for ck in Path(h.out_dir).glob(f"{m.group('name')}_*_s{h.seed}*/ckpt.pt"):
+        other = _STAMPED.match(ck.parent.name)
+        if other and other.group("name") == m.group("name") and int(other.group("seed")) == h.seed \
+                and not (ck.parent / "eval.json").exists():
+            cands.append(ck.parent)
     return max(cands, key=lambda p: (p / "ckpt.pt").stat().st_mtime) if cands else None
 
 
