@@ -34,6 +34,13 @@ class GPTConfig:
     rope_base: float = 10000.0
     logit_softcap: float = 30.0
     qk_gain_init: float = 1.5
+    rope_yarn: bool = False  # YaRN (PR #315): past the training length, stretch RoPE's base to the longer window
+    xsa_last_n: int = 0  # XSA (PR #198, #478) in the last N attention layers: drop the output's own-value part
+    attn_out_gate_enabled: bool = False  # per-head output gate 2*sigmoid(W x[:GATE_WINDOW]), PR #1667
+    sparse_attn_gate_enabled: bool = False  # per-head output gate sigmoid(s * W x[:GATE_WINDOW]), PR #1787
+    gate_window: int = 12  # residual dims the attention output gates read
+    sparse_attn_gate_scale: float = 1.0  # s above (the 1.0611 record: 0.5)
+    mlp_leaky_slope: float = 0.0  # MLP activation leaky_relu(x, slope)^2; 0 = relu^2, 0.5 = PR #493
     tie_embeddings: bool = True
     tied_embed_init_std: float = 0.005  # init std of the tied embedding (the challenge's TIED_EMBED_INIT_STD)
     unet_skips: bool = True
@@ -175,6 +182,11 @@ class Hyperparameters(GPTConfig):
             raise GolfError(f"ROPE_DIMS={self.rope_dims} must be even and between 0 and the head dim {self.head_dim}")
         if self.mixers:
             layer_mixers(self.model_config())
+        if self.attn_out_gate_enabled and self.sparse_attn_gate_enabled:
+            raise GolfError("ATTN_OUT_GATE_ENABLED=1 and SPARSE_ATTN_GATE_ENABLED=1: the two attention output gates "
+                            "replace each other; switch one off")
+        if (self.attn_out_gate_enabled or self.sparse_attn_gate_enabled) and self.gate_window > self.model_dim:
+            raise GolfError(f"GATE_WINDOW={self.gate_window} is wider than MODEL_DIM={self.model_dim}")
         for name, allowed in (("compile", ("auto", "on", "off")), ("flex_attention", ("auto", "on", "off"))):
             if getattr(self, name) not in allowed:
                 raise GolfError(f"{name.upper()}={getattr(self, name)!r}: use one of {', '.join(allowed)}")
@@ -234,6 +246,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "eval_seq_len": (0, None), "eval_stride": (1, None), "eval_batch_windows": (1, None),
     "quant_calib_batches": (1, None), "quant_calib_seqs": (1, None), "ttt_chunk_size": (1, None),
     "global_ttt_lr": (0, None), "ttt_momentum": (0, 0.999999), "ttt_steps": (1, None), "ttt_time_budget_s": (0, None),
+    "xsa_last_n": (0, None), "gate_window": (1, None), "sparse_attn_gate_scale": (0, None), "mlp_leaky_slope": (0, 1),
 }
 
 

@@ -2,7 +2,8 @@
 
 GQA (NUM_HEADS query heads share NUM_KV_HEADS key/value heads), q/k RMS norm with a learned
 per-head query gain (QK_GAIN_INIT), partial RoPE (ROPE_DIMS of the head dim), all as in the public
-parameter-golf records. Attention runs through F.scaled_dot_product_attention (no FlashAttention
+parameter-golf records; optional XSA (XSA_LAST_N) and per-head output gates (ATTN_OUT_GATE_ENABLED,
+SPARSE_ATTN_GATE_ENABLED) of the April records. Attention runs through F.scaled_dot_product_attention (no FlashAttention
 dependency); compiled sliding-window layers on CUDA use flex_attention with a block-sparse mask.
 Memory-token prefix positions come first in the sequence, so the causal mask already makes them
 visible to every real token; a sliding window (golf/model/mechanisms/sliding_window.py) keeps them visible
@@ -157,6 +158,17 @@ class CausalSelfAttention(SequenceMixer):
                                 "set FLEX_ATTENTION=auto or use torch >= 2.5")
             flex = "off"
         self.flex = flex  # when window layers use flex_window_attention (see above)
+        # XSA (PR #198, #478) in the last XSA_LAST_N layers, counted over the distinct blocks
+        n_blocks = int(cfg.unique_layers) or int(cfg.num_layers)
+        self.xsa = int(cfg.xsa_last_n) > 0 and layer_idx >= n_blocks - int(cfg.xsa_last_n)
+        # Output gates read the first GATE_WINDOW dims of the layer input, one scalar per head. The
+        # out gate (PR #1667) is 2*sigmoid(W x), zero-init so it starts transparent; the sparse gate
+        # (PR #1787) is sigmoid(s * W x), zero-init so it starts at one half.
+        self.gate = "out" if cfg.attn_out_gate_enabled else "sparse" if cfg.sparse_attn_gate_enabled else ""
+        self.gate_window = int(cfg.gate_window)
+        self.gate_scale = float(cfg.sparse_attn_gate_scale)
+        if self.gate:
+            self.gate_w = tag(nn.Parameter(torch.zeros(h, self.gate_window)), quant="control", optim="scalar")
 
     def window_size(self, cfg: GPTConfig) -> int:
         return 0
@@ -174,6 +186,22 @@ class CausalSelfAttention(SequenceMixer):
         if ctx.cos is not None:
             q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
         return q, k, v, q_free
+
+    def _heads(self, y: Tensor, v: Tensor, x: Tensor) -> Tensor:
+        """XSA and the output gate on the attention output y [B, H, T, hd]; v [B, Hkv, T, hd] are the
+        values of the same positions, x [B, T, D] the layer input there."""
+        if self.xsa:
+            # remove each head's component along its own (normalised) value vector, so attention
+            # carries context the token does not already have (the residual stream has its own)
+            B, H, T, hd = y.shape
+            vn = F.normalize(v, dim=-1).unsqueeze(2)  # [B, Hkv, 1, T, hd]
+            yg = y.view(B, v.shape[1], H // v.shape[1], T, hd)
+            y = (yg - (yg * vn).sum(-1, keepdim=True) * vn).view(B, H, T, hd)
+        if self.gate:
+            g = F.linear(x[..., : self.gate_window], self.gate_w.to(x.dtype))  # [B, T, H]
+            g = 2.0 * torch.sigmoid(g) if self.gate == "out" else torch.sigmoid(self.gate_scale * g)
+            y = y * g.transpose(1, 2).unsqueeze(-1).to(y.dtype)
+        return y
 
     def _out(self, y: Tensor, q_free: Tensor, ctx: MixerContext) -> Tensor:
         extra = ctx.attention_extra(self.layer_idx, q_free)
@@ -195,7 +223,7 @@ class CausalSelfAttention(SequenceMixer):
                 y = _sdpa(q, k, v, window_mask(T, self.window, ctx.num_prefix, x.device))
         else:
             y = _sdpa(q, k, v, None)
-        return self._out(y, q_free, ctx), k, v
+        return self._out(self._heads(y, v, x), q_free, ctx), k, v
 
     def forward_cached(self, x: Tensor, ctx: MixerContext, cache: KVCache | None) -> tuple[Tensor, KVCache]:
         """Incremental attention. cache None: x is the whole sequence (prefix first) and ctx is the
@@ -224,6 +252,7 @@ class CausalSelfAttention(SequenceMixer):
             if self.window:
                 mask &= (i - j < self.window) | (j < P)
             att = _sdpa(q, k, v, mask)
+        att = self._heads(att, v_new.to(att.dtype), x)
         return self._out(att, q_free, ctx), self._trimmed(k, v, P, cache.start, first + Tn)
 
     def _trimmed(self, k: Tensor, v: Tensor, P: int, start: int, length: int) -> KVCache:

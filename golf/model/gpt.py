@@ -38,7 +38,7 @@ class Block(nn.Module):
         super().__init__()
         dim = int(cfg.model_dim)
         self.mixer = build_mixer(mixer, cfg, layer_idx)
-        self.mlp = MLP(dim, float(cfg.mlp_mult))
+        self.mlp = MLP(dim, float(cfg.mlp_mult), float(cfg.mlp_leaky_slope))
         # learned residual scales and the x/x0 mix of the public records
         self.attn_scale = tag(nn.Parameter(torch.ones(dim)), quant="control", optim="scalar")
         self.mlp_scale = tag(nn.Parameter(torch.ones(dim)), quant="control", optim="scalar")
@@ -95,7 +95,9 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(blocks)
 
         head_dim = D // int(cfg.num_heads)
-        self.rotary = Rotary(int(cfg.rope_dims) or head_dim, float(cfg.rope_base))
+        # YaRN stretches RoPE only for a window longer than training saw (memory-token prefix included)
+        yarn_len = int(cfg.train_seq_len) + self.num_prefix if cfg.rope_yarn else 0
+        self.rotary = Rotary(int(cfg.rope_dims) or head_dim, float(cfg.rope_base), yarn_len)
         # U-Net: the first half's outputs feed the second half in reverse order, with learned weights
         self.num_encoder = L // 2
         num_skip = min(self.num_encoder, L - self.num_encoder) if cfg.unet_skips else 0

@@ -1,5 +1,6 @@
 """Small building blocks shared by the backbone and the mechanisms: CastedLinear (fp32 weights,
-optional fake quantisation), RMSNorm, partial rotary embeddings, the relu^2 MLP.
+optional fake quantisation), RMSNorm, partial rotary embeddings (YaRN past the training length), the
+(leaky) relu^2 MLP.
 
 Follows the public parameter-golf train_gpt.py (openai/parameter-golf): parameter-free RMSNorm,
 weights kept in fp32 and cast to the activation dtype so bf16 autocast works, relu^2 MLP.
@@ -79,16 +80,24 @@ class Rotary(nn.Module):
     (record: 16 of 64), the rest carry position-free content. Tables are computed per forward
     (cheap, compile-friendly, no stale cache when the sequence length changes)."""
 
-    def __init__(self, rope_dims: int, base: float = 10000.0):
+    def __init__(self, rope_dims: int, base: float = 10000.0, yarn_len: int = 0):
         super().__init__()
         assert rope_dims % 2 == 0 and rope_dims > 0, rope_dims
-        self.rope_dims = rope_dims
+        self.rope_dims, self.base, self.yarn_len = rope_dims, base, yarn_len
         inv_freq = 1.0 / (base ** (torch.arange(0, rope_dims, 2, dtype=torch.float32) / rope_dims))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        inv_freq = self.inv_freq.to(device)
+        if 0 < self.yarn_len < seq_len:
+            # YaRN-style base stretch (PR #315, the records' Rotary): a window s times the training
+            # length gets base * s^(r/(r-2)), so the slowest rotation still spans the whole window
+            # instead of wrapping into angles training never saw. Within the training length: unchanged.
+            r = self.rope_dims
+            base = self.base * (seq_len / self.yarn_len) ** (r / max(r - 2, 1))
+            inv_freq = 1.0 / (base ** (torch.arange(0, r, 2, dtype=torch.float32, device=device) / r))
         t = torch.arange(seq_len, device=device, dtype=torch.float32)
-        freqs = torch.outer(t, self.inv_freq.to(device))
+        freqs = torch.outer(t, inv_freq)
         return freqs.cos().to(dtype)[None, None], freqs.sin().to(dtype)[None, None]  # [1, 1, T, rope/2]
 
 
@@ -104,10 +113,12 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 class MLP(nn.Module):
     """relu^2 MLP (modded-nanogpt / parameter-golf); the output projection starts at zero so a
-    fresh block is the identity."""
+    fresh block is the identity. leaky_slope > 0: leaky_relu(x, slope)^2 (PR #493 uses 0.5), which
+    keeps a gradient (and a small positive output) for negative pre-activations."""
 
-    def __init__(self, dim: int, mult: float):
+    def __init__(self, dim: int, mult: float, leaky_slope: float = 0.0):
         super().__init__()
+        self.leaky_slope = float(leaky_slope)
         hidden = int(round(mult * dim))
         self.fc = CastedLinear(dim, hidden)
         self.proj = CastedLinear(hidden, dim)
@@ -116,4 +127,6 @@ class MLP(nn.Module):
         tag(self.proj.weight, quant="mlp", optim="matrix")
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(torch.relu(self.fc(x)).square())
+        h = self.fc(x)
+        h = F.leaky_relu(h, self.leaky_slope) if self.leaky_slope else torch.relu(h)
+        return self.proj(h.square())

@@ -242,7 +242,8 @@ def test_every_parameter_learns_from_the_real_init(mixers):
     # every per-layer mixer at once, with every record-stack part and persistent memory
     dict(num_layers=5, mixers="attn,swa,stream,deltanet,hypermix", persistent_memory=4, attn_window=8),
     dict(num_layers=4, unique_layers=2),  # weight-tied depth
-], ids=["all_mixers", "weight_tied"])
+    dict(xsa_last_n=4, sparse_attn_gate_enabled=True, gate_window=8, mlp_leaky_slope=0.5, rope_yarn=True),
+], ids=["all_mixers", "weight_tied", "frontier_attention"])
 def test_compiles_as_one_graph_and_qat_switch_reuses_it(extra):
     """On CUDA the trainer runs torch.compile(model): a graph break splits the step into slower
     pieces, and a recompile inside the timed loop eats budget. dynamo's eager backend traces exactly

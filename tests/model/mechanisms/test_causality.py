@@ -53,7 +53,14 @@ ALL_ON = dict(num_memory_tokens=P, bigram_vocab_size=32, bigram_dim=8, smear_gat
               persistent_memory=4, unique_layers=2, mixers="swa,attn")
 
 
-@pytest.mark.parametrize("extra", [dict(), ALL_ON, dict(ALL_ON, unique_layers=0, mixers="swa_pattern", global_every=2)])
+# the April records' attention/MLP parts, with YaRN stretching past a short training length
+FRONTIER_ATTN = dict(xsa_last_n=2, sparse_attn_gate_enabled=True, gate_window=8, mlp_leaky_slope=0.5, rope_yarn=True,
+                     train_seq_len=16)
+
+
+@pytest.mark.parametrize("extra", [dict(), ALL_ON, dict(ALL_ON, unique_layers=0, mixers="swa_pattern", global_every=2),
+                                   FRONTIER_ATTN, dict(FRONTIER_ATTN, sparse_attn_gate_enabled=False,
+                                                       attn_out_gate_enabled=True, num_memory_tokens=P)])
 def test_full_model_is_causal(extra):
     torch.manual_seed(0)
     m = randomize(GPT(small_cfg(**extra)))
