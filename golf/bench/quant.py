@@ -41,6 +41,7 @@ import torch
 
 from golf.compress.artifact import load_artifact, read_artifact, save_artifact
 from golf.compress.export import calibration_batches, gptq_tensors, model_from_checkpoint
+from golf.compress.quant import estimate_artifact_bytes
 from golf.core.checkpoint import load_checkpoint
 from golf.core.config import apply_overrides, load_config
 from golf.core.utils import GolfError, atomic_write_json, device_description, git_commit, main_guard
@@ -210,7 +211,10 @@ def bench_cross(checkpoint: str, data_path: str, max_tokens: int, device: str,
                 t_load = time.perf_counter() - t1
             if post is None:
                 post = evaluate_val_loss(rt, val, luts, seq, h.eval_batch_windows, device=device)
+            # the trainer's size pre-flight for the same settings, to keep its error in view (issue 16: 3%)
+            est = estimate_artifact_bytes(model, hz, code_bytes=0)["total"]
             rows.append({"scheme": sname, "serialiser": zname, "bytes": rep["bytes"], "params": rep["params"],
+                         "bytes_estimate": est, "estimate_error": round(est / rep["bytes"] - 1, 4),
                          "bits_per_param": rep["bits_per_param"], "val_tokens": int(val.size),
                          "val_bpb_prequant": pre["val_bpb"], "val_bpb_roundtrip": post["val_bpb"],
                          "bpb_gap": post["val_bpb"] - pre["val_bpb"],
@@ -218,7 +222,8 @@ def bench_cross(checkpoint: str, data_path: str, max_tokens: int, device: str,
                          "seconds_compress": rep["seconds"]["compress"], "seconds_load": round(t_load, 3),
                          "groups": {g: e.get("compressed_bytes") for g, e in rep["groups"].items()}})
             print(f"{sname:<12} {zname:<16} bytes {rep['bytes']:>11,}  bits/param {rep['bits_per_param']:.3f}  "
-                  f"bpb gap {post['val_bpb'] - pre['val_bpb']:+.5f}", flush=True)
+                  f"bpb gap {post['val_bpb'] - pre['val_bpb']:+.5f}  pre-flight {est / rep['bytes'] - 1:+.1%}",
+                  flush=True)
     return rows
 
 

@@ -121,3 +121,6 @@ def test_bench_quant_cross_one_row_per_scheme_and_serialiser(tmp_path, byte_data
     assert by[("gptq_sdclip", "zstd_rows")]["val_bpb_roundtrip"] != by[("rtn_search", "zstd_rows")]["val_bpb_roundtrip"]
     assert len({r["val_bpb_prequant"] for r in rows}) == 1 and all(r["val_tokens"] == 4096 for r in rows)
     assert all(r["bpb_gap"] == r["val_bpb_roundtrip"] - r["val_bpb_prequant"] for r in rows)
+    # each row carries the pre-flight's estimate for its settings: SDClip's is smaller than the search's
+    assert all(r["estimate_error"] == round(r["bytes_estimate"] / r["bytes"] - 1, 4) for r in rows)
+    assert by[("gptq_sdclip", "zstd_rows")]["bytes_estimate"] < by[("rtn_search", "zstd_rows")]["bytes_estimate"]
