@@ -99,6 +99,7 @@ class Hyperparameters(GPTConfig):
     compile_warmup_steps: int = 20  # run before the clock starts, then weights are restored
     lr_warmup_frac: float = 0.0
     warmdown_frac: float = 0.5  # fraction of the budget spent decaying the LR to zero
+    min_lr: float = 0.0  # warm-down floor of the LR scale, a fraction of each peak LR (PR #1787; the 1.0611 record: 0.1)
     matrix_lr: float = 0.04
     scalar_lr: float = 0.04
     embed_lr: float = 0.05
@@ -199,6 +200,10 @@ class Hyperparameters(GPTConfig):
         if -1 < self.embed_weight_decay < 0:
             raise GolfError(f"EMBED_WEIGHT_DECAY={self.embed_weight_decay} is out of range: it must be >= 0, "
                             "or -1 to take ADAM_WEIGHT_DECAY")
+        if self.qat and self.warmdown_frac > 0 and 0 < self.qat_lr_scale <= self.min_lr:
+            # late QAT starts when the LR scale drops below QAT_LR_SCALE: a floor at or above it never lets it
+            raise GolfError(f"MIN_LR={self.min_lr} keeps the LR scale at or above QAT_LR_SCALE={self.qat_lr_scale}, "
+                            "so late QAT would never start: lower MIN_LR, raise QAT_LR_SCALE above it, or set QAT=0")
         if self.ttt not in ("", "sgd"):
             raise GolfError(f"TTT={self.ttt!r}: use sgd (score-first global SGD) or leave it empty")
         if self.quant_scheme not in QUANT_SCHEMES:
@@ -236,7 +241,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "hypermix_hidden": (0, None), "mtp_loss_weight": (0, None), "mtp_decay": (0, None), "train_seq_len": (1, None),
     "val_max_tokens": (0, None), "train_batch_tokens": (1, None), "grad_accum_steps": (0, None),
     "micro_batch_seqs": (0, None), "iterations": (0, None), "max_wallclock_seconds": (0, None),
-    "compile_warmup_steps": (0, None), "lr_warmup_frac": (0, 1), "warmdown_frac": (0, 1), "matrix_lr": (0, None),
+    "compile_warmup_steps": (0, None), "lr_warmup_frac": (0, 1), "warmdown_frac": (0, 1), "min_lr": (0, 1),
+    "matrix_lr": (0, None),
     "scalar_lr": (0, None), "embed_lr": (0, None), "memory_lr": (0, None), "beta1": (0, 0.999999),
     "beta2": (0, 0.999999), "adam_eps": (_POS, None), "muon_momentum": (0, 0.999999),
     "muon_momentum_warmup_start": (0, 0.999999), "muon_momentum_warmup_frac": (0, 1), "muon_backend_steps": (1, None),

@@ -260,6 +260,7 @@ def test_challenge_weight_decay_names_set_golf_fields():
     ({"EMBED_WEIGHT_DECAY": "-0.5"}, "EMBED_WEIGHT_DECAY=-0.5 is out of range: it must be >= 0, or -1"),
     ({"EMBED_WEIGHT_DECAY": "-2"}, "EMBED_WEIGHT_DECAY=-2.0 is out of range"),
     ({"SCALAR_WEIGHT_DECAY": "-0.1"}, "SCALAR_WEIGHT_DECAY=-0.1 is out of range"),
+    ({"MIN_LR": "1.5"}, "MIN_LR=1.5 is out of range: it must be between 0 and 1"),
 ])
 def test_bad_optimizer_settings_are_named(env, match):
     with pytest.raises(GolfError, match=match):
