@@ -106,6 +106,7 @@ class Hyperparameters(GPTConfig):
     compile_warmup_steps: int = 20  # run before the clock starts, then weights are restored
     lr_warmup_frac: float = 0.0
     warmdown_frac: float = 0.5  # fraction of the budget spent decaying the LR to zero
+    min_lr: float = 0.0  # warm-down floor of the LR scale, a fraction of each peak LR (PR #1787; the 1.0611 record: 0.1)
     matrix_lr: float = 0.04
     scalar_lr: float = 0.04
     embed_lr: float = 0.05
@@ -117,8 +118,12 @@ class Hyperparameters(GPTConfig):
     muon_momentum_warmup_start: float = 0.85
     muon_momentum_warmup_frac: float = 0.1  # fraction of the budget
     muon_backend_steps: int = 5
-    muon_weight_decay: float = 0.04
-    adam_weight_decay: float = 0.04
+    muon_ns: str = "classic"  # Newton-Schulz coefficients: classic (one quintic) | polar (Polar Express, PR #1344)
+    muon_row_normalize: bool = False  # MuonEq-R: rows of Muon's update to unit norm before NS (PR #1285)
+    muon_weight_decay: float = 0.04  # the challenge records' MUON_WD
+    adam_weight_decay: float = 0.04  # the embedding group's, unless EMBED_WEIGHT_DECAY is set
+    embed_weight_decay: float = -1.0  # the records' EMBED_WD (PR #1218); -1 = ADAM_WEIGHT_DECAY
+    scalar_weight_decay: float = 0.0  # the records' ADAM_WD: the scalar/gain group (PR #1218)
     grad_clip_norm: float = 0.3  # 0 = off
     ema: bool = True
     ema_horizon_frac: float = 0.1  # EMA time constant as a fraction of the expected steps
@@ -199,6 +204,18 @@ class Hyperparameters(GPTConfig):
         if self.lqer_rank < 0 or not 2 <= self.lqer_bits <= 8 or self.lqer_top_k < 0 or self.lqer_group < 0:
             raise GolfError(f"LQER_RANK={self.lqer_rank} (>= 0), LQER_BITS={self.lqer_bits} (2..8), LQER_TOP_K="
                             f"{self.lqer_top_k} (>= 0), LQER_GROUP={self.lqer_group} (>= 0, 0 = per row): out of range")
+        if self.muon_ns not in ("classic", "polar"):
+            raise GolfError(f"MUON_NS={self.muon_ns!r}: use classic or polar")
+        if self.muon_ns == "polar" and self.muon_backend_steps > 5:
+            raise GolfError(f"MUON_NS=polar has 5 Polar-Express steps but MUON_BACKEND_STEPS={self.muon_backend_steps}: "
+                            "set MUON_BACKEND_STEPS=5 (the record's) or fewer")
+        if -1 < self.embed_weight_decay < 0:
+            raise GolfError(f"EMBED_WEIGHT_DECAY={self.embed_weight_decay} is out of range: it must be >= 0, "
+                            "or -1 to take ADAM_WEIGHT_DECAY")
+        if self.qat and self.warmdown_frac > 0 and 0 < self.qat_lr_scale <= self.min_lr:
+            # late QAT starts when the LR scale drops below QAT_LR_SCALE: a floor at or above it never lets it
+            raise GolfError(f"MIN_LR={self.min_lr} keeps the LR scale at or above QAT_LR_SCALE={self.qat_lr_scale}, "
+                            "so late QAT would never start: lower MIN_LR, raise QAT_LR_SCALE above it, or set QAT=0")
         if self.ttt not in ("", "sgd"):
             raise GolfError(f"TTT={self.ttt!r}: use sgd (score-first global SGD) or leave it empty")
         if self.quant_scheme not in QUANT_SCHEMES:
@@ -236,11 +253,13 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "hypermix_hidden": (0, None), "mtp_loss_weight": (0, None), "mtp_decay": (0, None), "train_seq_len": (1, None),
     "val_max_tokens": (0, None), "train_batch_tokens": (1, None), "grad_accum_steps": (0, None),
     "micro_batch_seqs": (0, None), "iterations": (0, None), "max_wallclock_seconds": (0, None),
-    "compile_warmup_steps": (0, None), "lr_warmup_frac": (0, 1), "warmdown_frac": (0, 1), "matrix_lr": (0, None),
+    "compile_warmup_steps": (0, None), "lr_warmup_frac": (0, 1), "warmdown_frac": (0, 1), "min_lr": (0, 1),
+    "matrix_lr": (0, None),
     "scalar_lr": (0, None), "embed_lr": (0, None), "memory_lr": (0, None), "beta1": (0, 0.999999),
     "beta2": (0, 0.999999), "adam_eps": (_POS, None), "muon_momentum": (0, 0.999999),
     "muon_momentum_warmup_start": (0, 0.999999), "muon_momentum_warmup_frac": (0, 1), "muon_backend_steps": (1, None),
-    "muon_weight_decay": (0, None), "adam_weight_decay": (0, None), "grad_clip_norm": (0, None),
+    "muon_weight_decay": (0, None), "adam_weight_decay": (0, None), "embed_weight_decay": (-1, None),
+    "scalar_weight_decay": (0, None), "grad_clip_norm": (0, None),
     "ema_horizon_frac": (_POS, None), "qat_lr_scale": (0, 1), "val_every": (0, None), "val_batch_tokens": (1, None),
     "log_every": (0, None), "checkpoint_every": (0, None), "checkpoint_minutes": (0, None), "quant_min_numel": (0, None), "zstd_level": (1, 22),
     "eval_seq_len": (0, None), "eval_stride": (1, None), "eval_batch_windows": (1, None),
@@ -462,6 +481,10 @@ CHALLENGE_NAMES = {
     "TRAIN_LOG_EVERY": "log_every",
     "WARMUP_STEPS": "compile_warmup_steps",  # steps run before the clock starts, then the weights restored
     "TIED_EMBED_LR": "embed_lr",
+    # the later records' per-group weight decays (PR #1218; the 1.0611 record: 0.095 / 0.085 / 0.02)
+    "MUON_WD": "muon_weight_decay",  # Muon's matrices
+    "EMBED_WD": "embed_weight_decay",  # the token embedding's AdamW
+    "ADAM_WD": "scalar_weight_decay",  # the scalar/control AdamW group only (not the embedding)
 }
 CHALLENGE_REFUSED = {
     "WARMDOWN_ITERS": "WARMDOWN_FRAC (golf's warm-down is a fraction of the run, wall clock or ITERATIONS: "

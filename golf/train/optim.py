@@ -3,8 +3,8 @@
 Parameters are routed by their optim tag (golf/model/mixer.py `optim_group_of`), so a new mechanism
 picks its optimizer by tagging, never by editing this file:
   "matrix" -> Muon (MATRIX_LR, MUON_WEIGHT_DECAY)
-  "embed"  -> AdamW (EMBED_LR, ADAM_WEIGHT_DECAY)
-  "scalar" -> AdamW (SCALAR_LR, no weight decay: gains and gates must not be pulled to zero)
+  "embed"  -> AdamW (EMBED_LR, EMBED_WEIGHT_DECAY; by default ADAM_WEIGHT_DECAY)
+  "scalar" -> AdamW (SCALAR_LR, SCALAR_WEIGHT_DECAY, by default none: gains and gates are not pulled to zero)
   "memory" -> AdamW (MEMORY_LR, no weight decay: memory tokens are content, not weights)
 
 Every param group remembers its `base_lr`; the trainer multiplies it by the schedule's LR scale.
@@ -24,21 +24,49 @@ from torch import Tensor, nn
 
 from golf.model.mixer import optim_group_of
 
+# The classic quintic: one (a, b, c) for every step, from Keller Jordan's modded-nanogpt Muon, chosen to
+# push singular values into [~0.7, ~1.2] in 5 steps rather than to converge exactly.
+CLASSIC_NS = (3.4445, -4.7750, 2.0315)
+# Polar Express (Amsel et al. 2025, "The Polar Express"; parameter-golf PRs #1344 and #1787, used by the
+# 1.0611 record): a different minimax-optimal quintic for each of the 5 steps. The first steps are
+# aggressive (a ~ 8 lifts tiny singular values fast), the last ones settle them near 1, so 5 steps land
+# much closer to an orthogonal matrix than 5 classic ones. The record normalises by the Frobenius norm
+# only (no extra safety factor) and runs at most these 5 steps.
+POLAR_EXPRESS_NS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+NS_KINDS = ("classic", "polar")
+
+
+def ns_coefficients(ns: str, steps: int) -> tuple[tuple[float, float, float], ...]:
+    """The (a, b, c) of each Newton-Schulz step: MUON_NS=classic repeats one quintic `steps` times;
+    polar takes the first `steps` Polar-Express tuples (the record's rule; there are 5)."""
+    if ns == "classic":
+        return (CLASSIC_NS,) * steps
+    if ns == "polar":
+        if steps > len(POLAR_EXPRESS_NS):
+            raise ValueError(f"Polar-Express Newton-Schulz has {len(POLAR_EXPRESS_NS)} steps, not {steps}")
+        return POLAR_EXPRESS_NS[:steps]
+    raise ValueError(f"unknown Newton-Schulz kind {ns!r}; use one of {NS_KINDS}")
+
 
 @torch.no_grad()
-def zeropower_via_newtonschulz5(G: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
+def zeropower_via_newtonschulz5(G: Tensor, steps: int = 5, eps: float = 1e-7, ns: str = "classic") -> Tensor:
     """Approximately orthogonalise G (replace its singular values by ~1) with a quintic
-    Newton-Schulz iteration. Coefficients from Keller Jordan's modded-nanogpt Muon, chosen to push
-    singular values into [~0.7, ~1.2] in 5 steps rather than to converge exactly.
-    bf16 on CUDA (as modded-nanogpt / parameter-golf); fp32 on CPU where bf16 matmuls are slow."""
+    Newton-Schulz iteration, X <- a X + (b A + c A^2) X with A = X X^T, one (a, b, c) per step
+    (`ns_coefficients`). bf16 on CUDA (as modded-nanogpt / parameter-golf); fp32 on CPU where bf16
+    matmuls are slow."""
     assert G.ndim == 2, G.shape
-    a, b, c = 3.4445, -4.7750, 2.0315
     X = G.to(torch.bfloat16 if G.is_cuda else torch.float32)
     X = X / (X.norm() + eps)  # spectral norm <= Frobenius norm <= 1
     transposed = G.size(0) > G.size(1)
     if transposed:  # iterate on the wide side: X X^T is the smaller Gram matrix
         X = X.T
-    for _ in range(steps):
+    for a, b, c in ns_coefficients(ns, steps):  # plain Python at trace time: compiled as constants
         A = X @ X.T
         B = b * A + c * A @ A
         X = a * X + B @ X
@@ -85,7 +113,9 @@ class Muon(torch.optim.Optimizer):
 
     update = NS5(nesterov_momentum(grad)) * sqrt(max(1, rows/cols)); decoupled weight decay
     p <- p * (1 - lr * wd) (as in the parameter-golf records' Muon WD). Tensors with more than two
-    dimensions are treated as [shape[0], -1] matrices.
+    dimensions are treated as [shape[0], -1] matrices. `ns` picks the Newton-Schulz coefficients
+    (classic | polar); `row_normalize` scales each row of the momentum update to unit norm before NS
+    (MuonEq-R). Both are per param group, like lr and weight_decay.
 
     Sharded under torch.distributed (the idea and its all_gather layout follow Keller Jordan's
     modded-nanogpt Muon): when a process group is initialised with more than one rank (and `shard`
@@ -97,9 +127,11 @@ class Muon(torch.optim.Optimizer):
     all ranks and loads into any world size. A single process runs exactly the unsharded step."""
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
-                 backend_steps: int = 5, weight_decay: float = 0.0, shard: bool = True, process_group=None):
+                 backend_steps: int = 5, weight_decay: float = 0.0, shard: bool = True, process_group=None,
+                 ns: str = "classic", row_normalize: bool = False):
+        ns_coefficients(ns, backend_steps)  # an unknown kind or too many polar steps fails here, not at step 1
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, backend_steps=backend_steps,
-                        weight_decay=weight_decay)
+                        weight_decay=weight_decay, ns=ns, row_normalize=row_normalize)
         super().__init__(params, defaults)
         self.shard = shard
         self.process_group = process_group
@@ -114,7 +146,12 @@ class Muon(torch.optim.Optimizer):
         buf = self.state[p]["momentum_buffer"]
         g = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
         g2 = g.reshape(g.shape[0], -1)
-        update = _newton_schulz(g2.is_cuda)(g2, steps=group["backend_steps"])
+        if group.get("row_normalize"):
+            # MuonEq-R (parameter-golf PR #1285, kept by the 1.0611 record as MUON_ROW_NORMALIZE=1): every
+            # row of the Nesterov update to unit L2 norm before orthogonalising, so rows with large
+            # gradients do not dominate NS's Frobenius normalisation. Norms in fp32, as the record.
+            g2 = g2 / g2.float().norm(dim=1, keepdim=True).clamp_min(1e-7).to(g2.dtype)
+        update = _newton_schulz(g2.is_cuda)(g2, steps=group["backend_steps"], ns=group.get("ns", "classic"))
         return update * max(1.0, g2.size(0) / g2.size(1)) ** 0.5
 
     @staticmethod
@@ -189,7 +226,7 @@ def build_optimizers(model: nn.Module, h) -> list[torch.optim.Optimizer]:
     groups = param_groups(model)
     fused = next(model.parameters()).is_cuda
     adam_groups = []
-    for gname, lr, wd in (("embed", h.embed_lr, h.adam_weight_decay), ("scalar", h.scalar_lr, 0.0),
+    for gname, lr, wd in (("embed", h.embed_lr, embed_weight_decay(h)), ("scalar", h.scalar_lr, h.scalar_weight_decay),
                           ("memory", h.memory_lr, 0.0)):
         if groups[gname]:
             adam_groups.append(dict(params=[p for _, p in groups[gname]], lr=lr, base_lr=lr,
@@ -202,8 +239,15 @@ def build_optimizers(model: nn.Module, h) -> list[torch.optim.Optimizer]:
         opts.append(Muon([dict(params=[p for _, p in groups["matrix"]], lr=h.matrix_lr, base_lr=h.matrix_lr,
                                name="matrix")],
                          momentum=h.muon_momentum, backend_steps=h.muon_backend_steps,
-                         weight_decay=h.muon_weight_decay))
+                         weight_decay=h.muon_weight_decay, ns=h.muon_ns, row_normalize=h.muon_row_normalize))
     return opts
+
+
+def embed_weight_decay(h) -> float:
+    """The embedding group's AdamW weight decay: EMBED_WEIGHT_DECAY, or ADAM_WEIGHT_DECAY while that is
+    -1: golf's embedding group took ADAM_WEIGHT_DECAY before the per-group decays of the challenge's
+    records (EMBED_WD / ADAM_WD / MUON_WD, PR #1218), and old configs still do."""
+    return h.adam_weight_decay if h.embed_weight_decay < 0 else h.embed_weight_decay
 
 
 def apply_schedule(optimizers: list[torch.optim.Optimizer], lr_scale: float, muon_momentum: float) -> None:

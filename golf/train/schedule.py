@@ -25,13 +25,17 @@ def progress(step: int, elapsed_s: float, h) -> float:
 
 
 def lr_scale(p: float, h) -> float:
-    """Linear warm-up over the first LR_WARMUP_FRAC, flat, linear warm-down to 0 over the last
-    WARMDOWN_FRAC (the 'trapezoid' of modded-nanogpt / parameter-golf, in fractions)."""
+    """Linear warm-up over the first LR_WARMUP_FRAC, flat, linear warm-down over the last
+    WARMDOWN_FRAC (the 'trapezoid' of modded-nanogpt / parameter-golf, in fractions) to MIN_LR.
+
+    MIN_LR (PR #1787, 0.1 in the 1.0611 record) floors the warm-down only, as the record's
+    max((1 - frac) / warmdown_frac, min_lr): a fraction of every group's peak LR, so the end of the run
+    still moves the weights. Warm-up still starts from 0. MIN_LR=0 is the plain decay to zero."""
     s = 1.0
     if h.lr_warmup_frac > 0 and p < h.lr_warmup_frac:
         s = min(s, p / h.lr_warmup_frac)
     if h.warmdown_frac > 0 and p > 1.0 - h.warmdown_frac:
-        s = min(s, (1.0 - p) / h.warmdown_frac)
+        s = min(s, max((1.0 - p) / h.warmdown_frac, h.min_lr))
     return max(0.0, min(1.0, s))
 
 
@@ -66,7 +70,8 @@ def ema_decay(step: int, total_steps: float, h) -> float:
 
 def qat_should_start(scale: float, p: float, h) -> bool:
     """Late QAT: fake-quantise once the LR is low (weights settle onto the grid the exporter uses).
-    Only in the second half, so a low LR during warm-up does not trigger it."""
+    Only in the second half, so a low LR during warm-up does not trigger it. `scale` is the floored
+    schedule (MIN_LR): config refuses a floor at or above QAT_LR_SCALE, so QAT always gets its turn."""
     return bool(h.qat) and p >= 0.5 and scale < h.qat_lr_scale
 
 

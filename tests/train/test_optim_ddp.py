@@ -3,10 +3,12 @@ the updates are all-gathered, and the result equals a single-process Muon on the
 across a resume from rank 0's optimizer state_dict (what train.py checkpoints)."""
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 from distkit import free_port, start_ranks, wait_ranks
 from torch import nn
@@ -46,14 +48,14 @@ def schedule(opt, step: int) -> None:  # as apply_schedule: lr and momentum chan
 
 
 WORKER = textwrap.dedent('''
-    import os, sys
+    import json, os, sys
     import torch
     import torch.distributed as dist
     import golf.train.optim as optim
     from train.test_optim_ddp import NO_GRAD, RESUME_AT, STEPS, make_opt, make_params, schedule, set_grads
 
     torch.set_num_threads(1)
-    out = sys.argv[1]
+    out, kw = sys.argv[1], json.loads(sys.argv[2])  # kw: Muon's options (ns, row_normalize)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + os.environ["MASTER_PORT"],
                             rank=rank, world_size=world)
@@ -65,13 +67,13 @@ WORKER = textwrap.dedent('''
         return plain_ns(G, *a, **kw)
 
     params, ref = make_params(), make_params()
-    opt, ref_opt = make_opt(params), make_opt(ref, shard=False)  # ref: the unsharded step, same process
+    opt, ref_opt = make_opt(params, **kw), make_opt(ref, shard=False, **kw)  # ref: the unsharded step, same process
     for step in range(STEPS):
         if step == RESUME_AT:  # resume: every rank loads rank 0's saved state into a fresh optimizer
             if rank == 0:
                 torch.save(opt.state_dict(), out + ".opt.pt")
             dist.barrier()
-            opt = make_opt(params)
+            opt = make_opt(params, **kw)
             opt.load_state_dict(torch.load(out + ".opt.pt"))
         for o, ps in ((opt, params), (ref_opt, ref)):
             schedule(o, step)
@@ -88,13 +90,13 @@ WORKER = textwrap.dedent('''
 ''')
 
 
-def _single_process_reference():
+def _single_process_reference(**kw):
     """A plain single-process Muon (no process group) on the same gradients and schedule."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the workers: same float reductions
     try:
         params = make_params()
-        opt = make_opt(params)
+        opt = make_opt(params, **kw)
         for step in range(STEPS):
             schedule(opt, step)
             set_grads(params, step)
@@ -104,14 +106,16 @@ def _single_process_reference():
     return params, opt
 
 
-def test_sharded_muon_two_gloo_ranks_match_single_process(tmp_path):
+# the Polar-Express coefficients and MuonEq-R row normalisation run inside each rank's share of the work
+@pytest.mark.parametrize("kw", [{}, {"ns": "polar", "row_normalize": True}], ids=["classic", "polar_rownorm"])
+def test_sharded_muon_two_gloo_ranks_match_single_process(tmp_path, kw):
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "OMP_NUM_THREADS": "1",
            "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     out = str(tmp_path / "res")
-    procs = start_ranks([str(worker), out], env, ROOT)
-    params, opt = _single_process_reference()  # meanwhile
+    procs = start_ranks([str(worker), out, json.dumps(kw)], env, ROOT)
+    params, opt = _single_process_reference(**kw)  # meanwhile
     wait_ranks(procs, timeout=60)
     r0, r1 = (torch.load(f"{out}.rank{r}.pt") for r in range(2))
 

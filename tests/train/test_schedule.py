@@ -4,6 +4,7 @@ import math
 import pytest
 
 from golf.core.config import load_config
+from golf.core.utils import GolfError
 from golf.train import schedule
 
 
@@ -89,3 +90,52 @@ def test_qat_starts_late_only():
     assert schedule.qat_should_start(h.qat_lr_scale / 2, 0.95, h)
     h.qat = False
     assert not schedule.qat_should_start(0.0, 0.99, h)
+
+
+def old_lr_scale(p, h):
+    """The schedule before MIN_LR (a copy): warm-up, flat, linear warm-down to zero."""
+    s = 1.0
+    if h.lr_warmup_frac > 0 and p < h.lr_warmup_frac:
+        s = min(s, p / h.lr_warmup_frac)
+    if h.warmdown_frac > 0 and p > 1.0 - h.warmdown_frac:
+        s = min(s, (1.0 - p) / h.warmdown_frac)
+    return max(0.0, min(1.0, s))
+
+
+GRID = [i / 1000 for i in range(1001)]
+
+
+@pytest.mark.parametrize("warmdown", [0.0, 0.4, 0.85, 1.0])
+def test_min_lr_zero_is_the_old_schedule(warmdown):
+    h = preset(warmdown_frac=warmdown, lr_warmup_frac=0.05)
+    assert h.min_lr == 0.0
+    assert [schedule.lr_scale(p, h) for p in GRID] == [old_lr_scale(p, h) for p in GRID]
+
+
+def test_min_lr_floors_the_warmdown_only():
+    h = preset(warmdown_frac=0.85, lr_warmup_frac=0.05, min_lr=0.1)  # the 1.0611 record's warm-down and floor
+    scales = [schedule.lr_scale(p, h) for p in GRID]
+    for p, s in zip(GRID, scales):
+        if p >= h.lr_warmup_frac:
+            assert s >= 0.1, (p, s)  # never below the floor once warm-up is over
+            assert s == max(old_lr_scale(p, h), 0.1)
+    assert schedule.lr_scale(1.0, h) == 0.1  # the end of the run still moves the weights
+    assert schedule.lr_scale(0.0, h) == 0.0  # warm-up still starts from zero
+    assert max(scales) == 1.0 and schedule.lr_scale(0.5, h) == pytest.approx(0.5 / 0.85)  # above the floor: as before
+
+
+def test_qat_still_starts_under_a_floor():
+    h = preset(warmdown_frac=0.85, min_lr=0.1, qat_lr_scale=0.15)
+    rows = run_through(h, 0.1)
+    first = next(i for i, s in enumerate(rows) if schedule.qat_should_start(s.lr_scale, s.progress, h))
+    assert 0.85 < rows[first].progress < 0.9  # where the ramp crosses 0.15, as without the floor
+    assert min(s.lr_scale for s in rows[first:]) == pytest.approx(0.1)
+
+
+def test_a_floor_that_blocks_qat_is_refused():
+    with pytest.raises(GolfError, match="MIN_LR=0.2 keeps the LR scale at or above QAT_LR_SCALE=0.15.*QAT=0"):
+        preset(min_lr=0.2, qat_lr_scale=0.15)
+    with pytest.raises(GolfError, match="MIN_LR=0.15 .* QAT_LR_SCALE=0.15"):
+        preset(min_lr=0.15, qat_lr_scale=0.15)
+    assert preset(min_lr=0.2, qat=False).min_lr == 0.2  # no QAT: any floor
+    assert preset(min_lr=0.2, qat_lr_scale=0.25).min_lr == 0.2

@@ -230,3 +230,16 @@ def test_checkpoints_by_the_wall_clock_and_a_killed_runs_log_is_kept_aside(byte_
     assert [p.read_text() for p in run_dir.glob("train.log.killed-*")] == ["# golf run log, killed at step 3\n"]
     periodic = [line for line in log.splitlines() if line.startswith("checkpoint:") and "reason:every" in line]
     assert len(periodic) == 3  # after steps 1-3 (step 4 ends the run: the end checkpoint)
+
+
+def test_record_optimizer_settings_train_end_to_end(byte_data_dir, tmp_path):
+    """Polar-Express NS, MuonEq-R, per-group weight decays and a MIN_LR floor through the real loop:
+    the LR scale bottoms out at the floor, late QAT still starts, the run finishes."""
+    out = tmp_path / "runs"
+    res = run_inprocess(args(byte_data_dir, out, "opt", muon_ns="polar", muon_row_normalize=True, min_lr=0.2,
+                             qat_lr_scale=0.5, warmdown_frac=0.6, embed_weight_decay=0.085, scalar_weight_decay=0.02,
+                             muon_weight_decay=0.095, iterations=20))
+    scales = [r["lr_scale"] for r in history(out / "opt") if "lr_scale" in r]
+    assert min(scales) == 0.2 and scales[-1] == 0.2 and max(scales) == 1.0
+    assert "qat:on" in (out / "opt" / "train.log").read_text()
+    assert math.isfinite(res["val_bpb"])
