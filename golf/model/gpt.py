@@ -173,7 +173,7 @@ class GPT(nn.Module):
         cos, sin = self.rotary(P + T, x.device)
         ctx = MixerContext(cos=cos, sin=sin, num_prefix=P, doc_start=doc_start, mechanisms=mechs)
 
-        # s: position in the run order, i: logical layer (ln scale, lane weights, mechanisms), b: its block.
+        # s: position in the run order, i: its logical layer (ln scale, lane weights, mechanisms, block via schedule).
         # From layer K on (parallel lanes) x is the attention lane, which the skips feed, and lane_m the MLP lane.
         order = self.loop_order if self.looping else self.plain_order
         num_encoder = len(order) // 2
