@@ -130,7 +130,8 @@ class GPT(nn.Module):
                              if num_skip else None)
         # U-Net skip gates (PR #289): x <- lerp(w * skip, x, sigmoid(g)) per channel; zero init = an even mix
         if cfg.skip_gates and not num_skip:
-            raise GolfError("SKIP_GATES=1 gates the U-Net skips, but UNET_SKIPS=0; turn UNET_SKIPS on or SKIP_GATES off")
+            raise GolfError("SKIP_GATES=1 gates the U-Net skips, but UNET_SKIPS=0; "
+                            "turn UNET_SKIPS on or SKIP_GATES off")
         self.skip_gates = (tag(nn.Parameter(torch.zeros(num_skip, D)), quant="control", optim="scalar")
                            if cfg.skip_gates else None)
         # parallel residual lanes (PR #1204, #1530) from logical layer K on, one row of lane weights per such

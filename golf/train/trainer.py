@@ -489,7 +489,8 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
                 n = set_qat(model, plan)
                 emit(step=prog.step, qat="on", layers=n, lr_scale=sched.lr_scale)
             if loops and not model.looping and model.set_training_fraction(sched.progress):
-                emit(step=prog.step, looping="on", progress=sched.progress, run_order=",".join(map(str, model.run_order())))
+                emit(step=prog.step, looping="on", progress=sched.progress,
+                     run_order=",".join(map(str, model.run_order())))
             apply_schedule(optimizers, sched.lr_scale, sched.muon_momentum)
             t_step = time.perf_counter()
             loss = train_step(fwd, optimizers, params, stream, accum, amp, h.grad_clip_norm, d.on)

@@ -389,7 +389,8 @@ def test_record_technique_lines_name_the_switches():
     rec = load_config([], env={}, preset="record").to_dict()
     plain = "\n".join(R.techniques(rec))
     assert "recurrence" not in plain and "lanes" not in plain and "gates" not in plain
-    t = "\n".join(R.techniques(dict(rec, num_loops=2, loop_start=3, loop_end=5, parallel_start_layer=8, skip_gates=True)))
+    on = dict(num_loops=2, loop_start=3, loop_end=5, parallel_start_layer=8, skip_gates=True)
+    t = "\n".join(R.techniques(dict(rec, **on)))
     assert "U-Net skips with learned sigmoid gates (PR #289)" in t
     assert "depth recurrence: layers 3..5 run 3x from 0.35 of training (PR #1344)" in t
     assert "parallel residual lanes from layer 8, final lane mean (PR #1204, #1530)" in t

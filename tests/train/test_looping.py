@@ -29,7 +29,8 @@ def test_compiled_run_switches_looping_on_at_the_fraction_without_recompiling(by
         torch.set_num_threads(threads)
         torch._dynamo.reset()
     log = (out / "loop" / "train.log").read_text()
-    assert "params_parallel_lanes:6 " in log and "params_depth_recurrence:64 " in log and "params_skip_gates:192 " in log
+    for part in ("params_parallel_lanes:6 ", "params_depth_recurrence:64 ", "params_skip_gates:192 "):
+        assert part in log, part
     assert "looping:off" in log  # from step 0
     on = re.search(r"step:(\d+) looping:on progress:(\S+) run_order:0,1,2,1,2,3", log)
     assert on and int(on.group(1)) == 4 and float(on.group(2)) == 0.5  # 4 of 8 steps = ENABLE_LOOPING_AT
