@@ -44,6 +44,7 @@ class GPTConfig:
     tie_embeddings: bool = True
     tied_embed_init_std: float = 0.005  # init std of the tied embedding (the challenge's TIED_EMBED_INIT_STD)
     unet_skips: bool = True
+    skip_gates: bool = False  # a learned sigmoid gate per U-Net skip channel (PR #289); needs UNET_SKIPS
     ln_scale: bool = True  # scale block inputs by 1/sqrt(layer+1)
     num_memory_tokens: int = 0
     bigram_vocab_size: int = 0  # 0 = off
@@ -57,6 +58,17 @@ class GPTConfig:
     global_every: int = 4  # with MIXERS=swa_pattern: every k-th layer is global attention
     flex_attention: str = "auto"  # swa layers via flex_attention: auto (compiled CUDA code) | on | off
     unique_layers: int = 0  # weight-tied depth: K unique blocks run as NUM_LAYERS logical layers; 0 = off
+    # depth recurrence (PR #1344): logical layers LOOP_START..LOOP_END (inclusive) run 1 + NUM_LOOPS times in a
+    # row once the training fraction reaches ENABLE_LOOPING_AT; a rebuilt model (eval, artifact) runs looped.
+    # NUM_LOOPS=0 = off. Composes with UNIQUE_LAYERS (the loop repeats logical layers, tying maps them to blocks)
+    num_loops: int = 0
+    loop_start: int = 3
+    loop_end: int = 5
+    enable_looping_at: float = 0.35
+    # parallel residual lanes (PR #1204, #1530) from logical layer K = PARALLEL_START_LAYER on; 0 = off.
+    # PARALLEL_FINAL_LANE: what the final norm reads, mean | attn | mlp
+    parallel_start_layer: int = 0
+    parallel_final_lane: str = "mean"
     stream_num_streams: int = 4
     stream_chunk: int = 64
     deltanet_chunk: int = 64

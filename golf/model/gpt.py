@@ -5,6 +5,11 @@ tokens -> embedding (+ BigramHash) -> RMSNorm -> SmearGate -> [mechanism prefix,
           embedding x0, U-Net skips from the first half to the second, LN scale 1/sqrt(layer+1))
        -> drop the prefix -> RMSNorm -> tied lm head -> logit softcap.
 
+Switches from the April 2026 record (issue 17), each off by default: depth recurrence (NUM_LOOPS, a
+run order that repeats logical layers LOOP_START..LOOP_END; the trainer turns it on at ENABLE_LOOPING_AT
+through set_training_fraction), parallel residual lanes from PARALLEL_START_LAYER (Block.parallel) and
+U-Net skip gates (SKIP_GATES). part_params() says how many parameters each adds.
+
 Per-layer sequence mixers come from the registry in golf/model/mechanisms/__init__.py (MIXERS=attn,swa,stream,...);
 model-level mechanisms (memory tokens, persistent memory, weight-tied depth) are ModelMechanism
 plug-ins whose hooks the backbone calls; there is no mechanism-specific code here.
@@ -50,6 +55,19 @@ class Block(nn.Module):
         x = mix[0] * x + mix[1] * x0
         x = x + self.attn_scale.to(x.dtype) * self.mixer(rms_norm(x) * ln_scale, ctx)
         return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * ln_scale)
+
+    def parallel(self, a: Tensor, m: Tensor, x0: Tensor, ctx: MixerContext, ln_scale: float, post: Tensor,
+                 resid: Tensor) -> tuple[Tensor, Tensor]:
+        """Parallel residual lanes (PR #1204, #1530, as in the 2026-04-27 record): the mixer reads the
+        attention lane `a` (mixed with x0 by resid_mix), the MLP reads the MLP lane `m` (not the mixer's
+        output), so both see the layer's input. Each output is written to both lanes: post [2 (mixer,
+        MLP), 2 (lane a, lane m)]; each lane keeps resid[lane] of itself. Returns the new (a, m)."""
+        mix = self.resid_mix.to(a.dtype)
+        y_attn = self.attn_scale.to(a.dtype) * self.mixer(rms_norm(mix[0] * a + mix[1] * x0) * ln_scale, ctx)
+        y_mlp = self.mlp_scale.to(m.dtype) * self.mlp(rms_norm(m) * ln_scale)
+        post, resid = post.to(a.dtype), resid.to(a.dtype)
+        return (resid[0] * a + post[0, 0] * y_attn + post[1, 0] * y_mlp,
+                resid[1] * m + post[0, 1] * y_attn + post[1, 1] * y_mlp)
 
 
 class GPT(nn.Module):
@@ -98,11 +116,35 @@ class GPT(nn.Module):
         # YaRN stretches RoPE only for a window longer than training saw (memory-token prefix included)
         yarn_len = int(cfg.train_seq_len) + self.num_prefix if cfg.rope_yarn else 0
         self.rotary = Rotary(int(cfg.rope_dims) or head_dim, float(cfg.rope_base), yarn_len)
+        # depth recurrence (PR #1344): the logical layers in run order, plain and looped (None = no loop).
+        # `looping` is a plain Python flag like CastedLinear.qat_bits: torch.compile keeps one graph per
+        # value (the trainer compiles both before the clock). A fresh or rebuilt model runs looped; the
+        # trainer runs it plain until ENABLE_LOOPING_AT (set_training_fraction).
+        self.plain_order = list(range(L))
+        self.loop_order = loop_order(cfg)
+        self.looping = self.loop_order is not None
+        orders = [self.plain_order] + ([self.loop_order] if self.loop_order is not None else [])
         # U-Net: the first half's outputs feed the second half in reverse order, with learned weights
+        # (halves of the run order: a looped run has more skips, so the weights cover the longest)
         self.num_encoder = L // 2
-        num_skip = min(self.num_encoder, L - self.num_encoder) if cfg.unet_skips else 0
+        num_skip = max(min(len(o) // 2, len(o) - len(o) // 2) for o in orders) if cfg.unet_skips else 0
         self.skip_weights = (tag(nn.Parameter(torch.ones(num_skip, D)), quant="control", optim="scalar")
                              if num_skip else None)
+        # U-Net skip gates (PR #289): x <- lerp(w * skip, x, sigmoid(g)) per channel; zero init = an even mix
+        if cfg.skip_gates and not num_skip:
+            raise GolfError("SKIP_GATES=1 gates the U-Net skips, but UNET_SKIPS=0; "
+                            "turn UNET_SKIPS on or SKIP_GATES off")
+        self.skip_gates = (tag(nn.Parameter(torch.zeros(num_skip, D)), quant="control", optim="scalar")
+                           if cfg.skip_gates else None)
+        # parallel residual lanes (PR #1204, #1530) from logical layer K on, one row of lane weights per such
+        # layer: post (mixer/MLP output -> lane a/m) init 1, resid (each lane's self weight) init 1.1
+        self.parallel_start = check_parallel_lanes(cfg, orders, bool(num_skip))
+        self.parallel_final_lane = str(cfg.parallel_final_lane)
+        n_par = L - self.parallel_start if self.parallel_start else 0
+        self.parallel_post_lambdas = (tag(nn.Parameter(torch.ones(n_par, 2, 2)), quant="control", optim="scalar")
+                                      if n_par else None)
+        self.parallel_resid_lambdas = (tag(nn.Parameter(torch.full((n_par, 2), 1.1)), quant="control", optim="scalar")
+                                       if n_par else None)
 
         # multi-token prediction: head k (1..K) predicts token t+1+k from the last hidden state;
         # a training-only auxiliary loss, never exported (public record "Int6 MLP3x MTP")
@@ -134,15 +176,35 @@ class GPT(nn.Module):
         cos, sin = self.rotary(P + T, x.device)
         ctx = MixerContext(cos=cos, sin=sin, num_prefix=P, doc_start=doc_start, mechanisms=mechs)
 
-        x0, skips = x, []
-        for i, b in enumerate(self.schedule):
+        # s: position in the run order, i: its logical layer (ln scale, lane weights, mechanisms, block via schedule).
+        # From layer K on (parallel lanes) x is the attention lane, which the skips feed, and lane_m the MLP lane.
+        order = self.loop_order if self.looping else self.plain_order
+        num_encoder = len(order) // 2
+        x0, skips, lane_m = x, [], None
+        for s, i in enumerate(order):
             for m in mechs:
                 x = m.layer_input(x, i)
-            if self.skip_weights is not None and i >= self.num_encoder and skips:
-                x = x + self.skip_weights[i - self.num_encoder].to(x.dtype) * skips.pop()
-            x = self.blocks[b](x, x0, ctx, 1.0 / math.sqrt(i + 1) if self.ln_scale else 1.0)
-            if self.skip_weights is not None and i < self.num_encoder:
+                lane_m = m.layer_input(lane_m, i) if lane_m is not None else None
+            if lane_m is None and self.parallel_post_lambdas is not None and i >= self.parallel_start:
+                lane_m = x  # both lanes start from the residual stream, before the skip
+            if self.skip_weights is not None and s >= num_encoder and skips:
+                w_skip = self.skip_weights[s - num_encoder].to(x.dtype) * skips.pop()
+                if self.skip_gates is None:
+                    x = x + w_skip
+                else:
+                    x = torch.lerp(w_skip, x, torch.sigmoid(self.skip_gates[s - num_encoder].to(x.dtype)))
+            block, ln = self.blocks[self.schedule[i]], 1.0 / math.sqrt(i + 1) if self.ln_scale else 1.0
+            if lane_m is None:
+                x = block(x, x0, ctx, ln)
+            else:
+                k = i - self.parallel_start
+                x, lane_m = block.parallel(x, lane_m, x0, ctx, ln, self.parallel_post_lambdas[k],
+                                           self.parallel_resid_lambdas[k])
+            if self.skip_weights is not None and s < num_encoder:
                 skips.append(x)
+        if lane_m is not None:
+            x = lane_m if self.parallel_final_lane == "mlp" else x if self.parallel_final_lane == "attn" else \
+                0.5 * (x + lane_m)
         return rms_norm(x[:, P:])
 
     def logits_from_hidden(self, x: Tensor, head: nn.Module | None = None) -> Tensor:
@@ -181,6 +243,26 @@ class GPT(nn.Module):
         return loss
 
     # ------------------------------------------------------------------------------------------
+    def set_training_fraction(self, frac: float) -> bool:
+        """The trainer's progress through the run, in [0, 1]: depth recurrence runs looped from
+        ENABLE_LOOPING_AT on (only flips the plain Python `looping` flag). Returns whether it loops."""
+        self.looping = self.loop_order is not None and frac >= float(self.cfg.enable_looping_at)
+        return self.looping
+
+    def run_order(self) -> list[int]:
+        """The blocks the next forward runs, in order (logical layers mapped through weight tying)."""
+        return [self.schedule[i] for i in (self.loop_order if self.looping else self.plain_order)]
+
+    def part_params(self) -> dict[str, int]:
+        """Parameters the issue-17 switches add: parallel lanes 6 per layer from K on; depth recurrence the
+        extra U-Net skip weights its longer looped run needs; skip gates one per skip weight."""
+        L, D = self.num_layers, self.model_dim
+        plain_skips = min(L // 2, L - L // 2) if self.skip_weights is not None else 0
+        numel = lambda p: p.numel() if p is not None else 0  # noqa: E731
+        return {"parallel_lanes": numel(self.parallel_post_lambdas) + numel(self.parallel_resid_lambdas),
+                "depth_recurrence": numel(self.skip_weights) - plain_skips * D,
+                "skip_gates": numel(self.skip_gates)}
+
     def export_state_dict(self) -> dict[str, Tensor]:
         """Weights that go into the artifact: everything but training-only parts (MTP heads)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
@@ -202,6 +284,45 @@ class GPT(nn.Module):
                     m.qat_ratios = clips
                 n += m.qat_bits > 0
         return n
+
+
+def loop_order(cfg: GPTConfig) -> list[int] | None:
+    """Depth recurrence (PR #1344): the logical layers in run order when looping, i.e. layers
+    LOOP_START..LOOP_END (inclusive) 1 + NUM_LOOPS times in a row; None when NUM_LOOPS=0. The record:
+    11 layers, 3..5, NUM_LOOPS=2 -> 0,1,2, 3,4,5, 3,4,5, 3,4,5, 6,...,10 (17 layer runs)."""
+    n, a, b, L = int(cfg.num_loops), int(cfg.loop_start), int(cfg.loop_end), int(cfg.num_layers)
+    if n < 0:
+        raise GolfError(f"NUM_LOOPS={n} must be >= 0 (0 = no depth recurrence)")
+    if n == 0:
+        return None
+    if not 0 <= a <= b < L:
+        raise GolfError(f"LOOP_START={a}, LOOP_END={b}: need 0 <= LOOP_START <= LOOP_END < NUM_LAYERS={L} "
+                        "(both inclusive)")
+    if not 0.0 <= float(cfg.enable_looping_at) <= 1.0:
+        raise GolfError(f"ENABLE_LOOPING_AT={cfg.enable_looping_at} is a training fraction in [0, 1]")
+    return list(range(a)) + list(range(a, b + 1)) * (n + 1) + list(range(b + 1, L))
+
+
+def check_parallel_lanes(cfg: GPTConfig, orders: list[list[int]], unet: bool) -> int:
+    """PARALLEL_START_LAYER, checked: 0 (off) or a logical layer K in 1..NUM_LAYERS-1. Lanes run from
+    the first layer >= K to the end, so the layers after it must all be >= K (a loop may not straddle
+    K), and with U-Net skips they start in the second half (the skips read one stream)."""
+    K, L = int(cfg.parallel_start_layer), int(cfg.num_layers)
+    if cfg.parallel_final_lane not in ("mean", "attn", "mlp"):
+        raise GolfError(f"PARALLEL_FINAL_LANE={cfg.parallel_final_lane!r}: use mean, attn or mlp")
+    if K == 0:
+        return 0
+    if not 0 < K < L:
+        raise GolfError(f"PARALLEL_START_LAYER={K}: 0 (off) or a layer in 1..{L - 1} (NUM_LAYERS={L})")
+    for o in orders:
+        first = next(s for s, i in enumerate(o) if i >= K)
+        if min(o[first:]) < K:
+            raise GolfError(f"PARALLEL_START_LAYER={K} falls inside the loop LOOP_START={cfg.loop_start}.."
+                            f"LOOP_END={cfg.loop_end}; start the lanes after the loop or loop after the lanes start")
+        if unet and first < len(o) // 2:
+            raise GolfError(f"PARALLEL_START_LAYER={K} starts the lanes in the U-Net's first half (layer run "
+                            f"{first} of {len(o)}); use a later layer or UNET_SKIPS=0")
+    return K
 
 
 def count_params(model: nn.Module, exported_only: bool = True) -> int:

@@ -122,7 +122,13 @@ def techniques(cfg: dict[str, Any]) -> list[str]:
     if rope and dim and g("num_heads") and rope < dim // g("num_heads"):
         out.append(f"partial RoPE ({rope}/{dim // g('num_heads')} dims)")
     if g("unet_skips"):
-        out.append("U-Net skips")
+        out.append("U-Net skips" + (" with learned sigmoid gates (PR #289)" if g("skip_gates") else ""))
+    if g("num_loops"):
+        out.append(f"depth recurrence: layers {g('loop_start')}..{g('loop_end')} run {1 + g('num_loops')}x from "
+                   f"{g('enable_looping_at')} of training (PR #1344)")
+    if g("parallel_start_layer"):
+        out.append(f"parallel residual lanes from layer {g('parallel_start_layer')}, final lane "
+                   f"{g('parallel_final_lane', 'mean')} (PR #1204, #1530)")
     if g("tie_embeddings"):
         out.append("tied embeddings")
     if g("logit_softcap"):

@@ -4,8 +4,9 @@ One process per device (torchrun sets RANK/WORLD_SIZE/LOCAL_RANK): NCCL on CUDA,
 CUDA runs use bf16 autocast and torch.compile; CPU runs fp32, uncompiled. Order of events:
 
   setup -> data, tokenizer, model -> size pre-flight -> optimizers, EMA, loader
-  -> compile warm-up steps (both QAT variants), then weights/optimizers/loader restored, so the
-     warm-up costs no budget and leaves no trace (the challenge baseline does the same)
+  -> compile warm-up steps (both QAT variants; with depth recurrence each looped and plain), then
+     weights/optimizers/loader restored, so the warm-up costs no budget and leaves no trace (the
+     challenge baseline does the same)
   -> [resume from ckpt.pt] -> loop: schedule, step, EMA, log, val, checkpoint, stop checks
   -> export weights (EMA), final val, final.pt + metrics.json
 
@@ -294,9 +295,12 @@ def budget_left(h, prog: Progress) -> bool:
     return not (h.max_wallclock_seconds > 0 and prog.elapsed >= h.max_wallclock_seconds)
 
 
-def warm_up(h, model, optimizers, fwd, params, stream, accum, amp, qat_plan, d: Dist, loader, log) -> float | None:
+def warm_up(h, model, optimizers, fwd, params, stream, accum, amp, qat_plan, d: Dist, loader, log,
+            warm_loop: bool = False) -> float | None:
     """Compile warm-up steps before the clock starts, then restore weights, optimizers, RNG and the
-    loader, so the run is the same as without them. Returns the last warm step's seconds."""
+    loader, so the run is the same as without them. Returns the last warm step's seconds.
+    warm_loop (depth recurrence, compiled): each warm step runs looped, then plain, so both graphs exist
+    before the clock and the last step timed is the plain one the run starts with."""
     if h.compile_warmup_steps <= 0:
         return None
     init = (copy.deepcopy(model.state_dict()), [copy.deepcopy(o.state_dict()) for o in optimizers], rng_state())
@@ -304,11 +308,14 @@ def warm_up(h, model, optimizers, fwd, params, stream, accum, amp, qat_plan, d: 
     for i in range(n_warm):
         # compile the QAT variant too (second half), so the switch later costs no recompile
         set_qat(model, qat_plan if (qat_plan and i >= max(1, n_warm // 2)) else 0)
-        t = time.perf_counter()
-        train_step(fwd, optimizers, params, stream, accum, amp, h.grad_clip_norm, d.on)
-        if d.device.type == "cuda":
-            torch.cuda.synchronize()
-        warm_step_s = time.perf_counter() - t
+        for frac in ((1.0, 0.0) if warm_loop else (None,)):
+            if frac is not None:
+                model.set_training_fraction(frac)
+            t = time.perf_counter()
+            train_step(fwd, optimizers, params, stream, accum, amp, h.grad_clip_norm, d.on)
+            if d.device.type == "cuda":
+                torch.cuda.synchronize()
+            warm_step_s = time.perf_counter() - t
     set_qat(model, 0)
     model.load_state_dict(init[0])
     for o, s in zip(optimizers, init[1]):
@@ -418,6 +425,10 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
     model = build_model(h, d.device)
     n_params = sum(p.numel() for p in model.parameters())
     log.kv(params=n_params)
+    parts = {f"params_{k}": v for k, v in model.part_params().items() if v}  # issue-17 switches that are on
+    if parts:
+        log.kv(**parts, run_order=",".join(map(str, model.run_order())))
+    loops = model.loop_order is not None  # depth recurrence: plain until ENABLE_LOOPING_AT, then looped
     est = preflight(model, h, log)
     optimizers = build_optimizers(model, h)
     for opt in optimizers:
@@ -439,7 +450,7 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
     # --- warm-up (compile) steps, then restore everything ---------------------------------------
     graphs0 = compile_stats()  # process-wide counters: report this run's own graphs as differences
     warm_step_s = warm_up(h, model, optimizers, fwd, params, stream, accum, amp, plan if use_compile else {}, d, loader,
-                          log)
+                          log, warm_loop=loops and use_compile)
     graphs_warm = compile_stats() if use_compile else {}
     if graphs_warm:
         log.kv(compile_graphs=graphs_warm["graphs"] - graphs0.get("graphs", 0),
@@ -466,6 +477,9 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
     status, val_loss, val_bpb = "finished", None, None
     interval_t, interval_steps, last_loss = 0.0, 0, float("nan")
     last_ckpt_wall = time.time()  # CHECKPOINT_MINUTES: a kill -9 loses at most that much work
+    if loops:  # plain until ENABLE_LOOPING_AT (a resumed run may already be past it)
+        model.set_training_fraction(schedule.progress(prog.step, prog.elapsed, h))
+        log.kv(step=prog.step, looping="on" if model.looping else "off", enable_looping_at=h.enable_looping_at)
     with StopFlag() as stop:
         t0 = time.perf_counter()
         while budget_left(h, prog):
@@ -474,6 +488,9 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
                 prog.qat_on = True
                 n = set_qat(model, plan)
                 emit(step=prog.step, qat="on", layers=n, lr_scale=sched.lr_scale)
+            if loops and not model.looping and model.set_training_fraction(sched.progress):
+                emit(step=prog.step, looping="on", progress=sched.progress,
+                     run_order=",".join(map(str, model.run_order())))
             apply_schedule(optimizers, sched.lr_scale, sched.muon_momentum)
             t_step = time.perf_counter()
             loss = train_step(fwd, optimizers, params, stream, accum, amp, h.grad_clip_norm, d.on)
@@ -552,6 +569,8 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
     # --- export and final val ----------------------------------------------------------------
     val_bs = max(1, h.val_batch_tokens // h.train_seq_len)
     set_qat(model, 0)  # val and export see the float weights; quantize.py does the real rounding
+    if loops:
+        model.set_training_fraction(1.0)  # depth recurrence: the final val runs looped, as the artifact does
     extra = {}
     if ema is not None:
         vl_raw, vb_raw = evaluate_val(model, val, luts, h.train_seq_len, val_bs, d, amp)
