@@ -49,6 +49,7 @@ class GPTConfig:
     attn_window_frac: float = 0.25
     global_every: int = 4  # with MIXERS=swa_pattern: every k-th layer is global attention
     flex_attention: str = "auto"  # swa layers via flex_attention: auto (compiled CUDA code) | on | off
+    doc_attention: bool = False  # attend within documents only (BOS-delimited); recurrent mixers reset at BOS
     unique_layers: int = 0  # weight-tied depth: K unique blocks run as NUM_LAYERS logical layers; 0 = off
     stream_num_streams: int = 4
     stream_chunk: int = 64
