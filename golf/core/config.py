@@ -57,6 +57,7 @@ class GPTConfig:
     attn_window_frac: float = 0.25
     global_every: int = 4  # with MIXERS=swa_pattern: every k-th layer is global attention
     flex_attention: str = "auto"  # swa layers via flex_attention: auto (compiled CUDA code) | on | off
+    doc_attention: bool = False  # attend within documents only (BOS-delimited); recurrent mixers reset at BOS
     unique_layers: int = 0  # weight-tied depth: K unique blocks run as NUM_LAYERS logical layers; 0 = off
     # depth recurrence (PR #1344): logical layers LOOP_START..LOOP_END (inclusive) run 1 + NUM_LOOPS times in a
     # row once the training fraction reaches ENABLE_LOOPING_AT; a rebuilt model (eval, artifact) runs looped.

@@ -19,6 +19,7 @@ import torch
 from golf.core.utils import GolfError
 from golf.data.folder import shard_files
 from golf.data.shards import read_shard
+from golf.model.layers import BOS_ID
 
 
 class TokenLoader:
@@ -77,6 +78,22 @@ class TokenLoader:
         if dev.type == "cuda":
             return x.pin_memory().to(dev, non_blocking=True), y.pin_memory().to(dev, non_blocking=True)
         return x, y
+
+    def doc_stats(self, num_batches: int = 8) -> dict:
+        """What DOC_ATTENTION changes, measured on this rank's next `num_batches` micro-batches
+        (read, not consumed: the position and resume are untouched). Rows stay contiguous spans of
+        the stream (the challenge's token order), so a row may hold several documents and start
+        mid-document: mean_doc_tokens is tokens per BOS, rows_with_boundary the share of rows with
+        a BOS after their first position (where attention within documents differs from plain
+        causal attention)."""
+        bos = rows = crossed = 0
+        for k in range(self.batches_served, self.batches_served + max(1, num_batches)):
+            x = self.batch_at(k)[0]
+            bos += int((x == BOS_ID).sum())
+            crossed += int((x[:, 1:] == BOS_ID).any(dim=1).sum())
+            rows += x.shape[0]
+        return {"mean_doc_tokens": rows * self.seq_len / max(bos, 1), "rows_with_boundary": crossed / rows,
+                "doc_stats_rows": rows}
 
     # --- resume --------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -21,6 +21,11 @@ Two decoding paths behind one `sample(...)`:
   O(1) state on without a cut.
   Before it is trusted, the incremental path is checked once against full recompute on the prompt's
   last token; on any mismatch (a backbone feature it does not handle) it falls back to full recompute.
+  DOC_ATTENTION=1: the model itself sees one document at a time (full recompute needs nothing
+  more). A carried state does not know about boundaries, so the decoder re-prefills (an exact
+  masked forward) when a new document starts (the newest token is BOS) and, for a model with a KV
+  cache, on every step while the cached context holds a boundary (a cached step attends to the
+  whole cache); a context that is one document, the usual case, decodes incrementally.
 
 Sampling: temperature (0 = greedy), then top-k, then top-p (nucleus) filtering. Generation stops at
 BOS (id 1): the next document would begin there.
@@ -162,6 +167,7 @@ class IncrementalDecoder:
         # a KV cache grows with the context and its positions are absolute: bound it like full
         # recompute bounds its window; pure recurrent models carry O(1) state and are never cut
         self.has_cache = any(_mixer_kind(b.mixer) == "kv" for b in model.blocks)
+        self.doc_attention = bool(getattr(getattr(model, "cfg", None), "doc_attention", False))
         self.prefills = self.steps = 0  # how the tokens were computed (tests, benchmarks)
 
     def call_index(self, wrapper: _StatefulMixer) -> int:
@@ -222,6 +228,9 @@ class IncrementalDecoder:
             # the window slid: every cached position shifts (RoPE, memory prefix, layer inputs
             # after the first): recompute it as full recompute does, memory stays bounded
             return self.prefill(idx)
+        if self.doc_attention and bool((idx[:, -1] == BOS_ID).any()
+                                       or (self.has_cache and (idx[:, 1:] == BOS_ID).any())):
+            return self.prefill(idx)  # a document boundary: see the module docstring
         self.steps += 1
         return self._run(idx[:, -WINDOW:], "step")
 

@@ -152,6 +152,7 @@ def evaluate_bpb(
     static_batch: bool | None = None,
     all_reduce: bool = True,
     progress: bool = False,
+    per_target: bool = False,
 ) -> dict[str, Any]:
     """Sliding-window BPB of `model` on the 1-D stream `tokens` (uint16/long, BOS included).
 
@@ -160,7 +161,8 @@ def evaluate_bpb(
     `amp` (default: on for CUDA) runs the forward under bf16 autocast; `compile` wraps the model
     with torch.compile; `static_batch` (default: = compile) pads the last batch with unscored
     windows so the shape never changes and the compiled graph is reused. all_reduce=False returns
-    this rank's share of the sums only (tests; callers that reduce themselves)."""
+    this rank's share of the sums only (tests; callers that reduce themselves). per_target adds
+    `target_loss`, each target's loss (NaN for targets other ranks scored), as TTT results have it."""
     device = torch.device(device)
     if batch_windows <= 0:
         raise GolfError(f"batch_windows={batch_windows} must be positive (set --batch-windows / EVAL_BATCH_WINDOWS)")
@@ -190,6 +192,8 @@ def evaluate_bpb(
     pos_loss = torch.zeros(seq_len, dtype=torch.float64, device=device)
     pos_tok = torch.zeros(seq_len, dtype=torch.float64, device=device)
     pos_bytes = torch.zeros(seq_len, dtype=torch.float64, device=device)
+    target_loss = (torch.full((stream.numel() - 1,), float("nan"), dtype=torch.float64, device=device)
+                   if per_target else None)
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -218,6 +222,8 @@ def evaluate_bpb(
         pos_loss[tail] += torch.where(mask, nll.double(), zero).sum(0)  # where, not *: 0 * inf would be nan
         pos_tok[tail] += mask.sum(0)
         pos_bytes[tail] += torch.where(mask, token_bytes(x[:, tail], y[:, tail], luts).double(), zero).sum(0)
+        if target_loss is not None:
+            target_loss[(s[:, None] + pos[None, tail])[mask]] = nll.double()[mask]
 
     if world_size > 1 and all_reduce:
         import torch.distributed as dist
@@ -232,8 +238,11 @@ def evaluate_bpb(
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
     model.train(was_training)
-    return _summarise(pos_loss.cpu().numpy(), pos_tok.cpu().numpy(), pos_bytes.cpu().numpy(),
-                      len(starts), seconds, position_bucket, seq_len, stride)
+    res = _summarise(pos_loss.cpu().numpy(), pos_tok.cpu().numpy(), pos_bytes.cpu().numpy(),
+                     len(starts), seconds, position_bucket, seq_len, stride)
+    if target_loss is not None:
+        res["target_loss"] = target_loss.cpu().tolist()
+    return res
 
 
 # ---------------------------------------------------------------------------------------------

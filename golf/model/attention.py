@@ -111,6 +111,58 @@ def flex_window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, num_pref
     return _FLEX["flex_attention"](q, k, v, block_mask=bm, enable_gqa=k.shape[1] != q.shape[1])
 
 
+# ---------------------------------------------------------------------------------------------
+# Attention within documents (DOC_ATTENTION=1, golf issue 23): a query sees the keys of its own
+# document only (ctx.doc_ids, from the BOS positions), block-diagonal on top of the causal (and
+# window) mask. Memory-token prefix positions (doc id -1) stay visible to every document: they are
+# learned parameters, not another document's text; persistent-memory slots (attention_extra) have
+# no position and are likewise seen by every document. Positions stay those of the row (as in the
+# record), so a document's distance to the prefix depends on where it starts. Credit: the
+# challenge's VarLen attention record (openai/parameter-golf PR #1354 / #1529: cu_seqlens from BOS
+# with flash_attn_varlen_func); here a bool mask (the reference, CPU) or a flex_attention
+# BlockMask with a document mask_mod (compiled CUDA), which skips the tiles between documents.
+
+
+def doc_mask(ctx: MixerContext, window: int) -> Tensor:
+    """bool [B, 1, T, T], True = may attend: causal, same document or a prefix key, and within
+    `window` (0 = no window) or a prefix key. Built once per forward and shape (ctx.memo)."""
+    key = ("doc_mask", window)
+    if key not in ctx.memo:
+        d, P = ctx.doc_ids, ctx.num_prefix
+        i = torch.arange(d.shape[1], device=d.device)[:, None]
+        j = torch.arange(d.shape[1], device=d.device)[None, :]
+        keep = (j <= i) & ((d[:, :, None] == d[:, None, :]) | (j < P))
+        if window:
+            keep &= (i - j < window) | (j < P)
+        ctx.memo[key] = keep[:, None]
+    return ctx.memo[key]
+
+
+def flex_doc_attention(q: Tensor, k: Tensor, v: Tensor, ctx: MixerContext, window: int) -> Tensor:
+    """Same as _sdpa(q, k, v, doc_mask(ctx, window)) through flex_attention (one BlockMask per
+    forward, shared by the layers; traced into the graph under torch.compile)."""
+    if not flex_available():
+        raise GolfError("flex attention needs torch.nn.attention.flex_attention (torch >= 2.5); "
+                        "set FLEX_ATTENTION=off")
+    if torch.is_autocast_enabled(q.device.type):  # SDPA is cast by autocast, flex_attention is not
+        dt = torch.get_autocast_dtype(q.device.type)
+        q, k, v = q.to(dt), k.to(dt), v.to(dt)
+    key = ("doc_block_mask", window)
+    if key not in ctx.memo:
+        d, P = ctx.doc_ids, ctx.num_prefix
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            keep = (kv_idx <= q_idx) & ((d[b, q_idx] == d[b, kv_idx]) | (kv_idx < P))
+            if window:
+                keep = keep & ((q_idx - kv_idx < window) | (kv_idx < P))
+            return keep
+
+        T = d.shape[1]
+        ctx.memo[key] = _FLEX["create_block_mask"](mask_mod, B=d.shape[0], H=None, Q_LEN=T, KV_LEN=T,
+                                                   device=d.device)
+    return _FLEX["flex_attention"](q, k, v, block_mask=ctx.memo[key], enable_gqa=k.shape[1] != q.shape[1])
+
+
 def window_mask(seq_len: int, window: int, num_prefix: int, device: torch.device) -> Tensor:
     """bool [T, T], True = may attend: causal, within `window` tokens back, or a prefix position
     (memory tokens stay visible to every layer, local ones included)."""
@@ -151,7 +203,7 @@ class CausalSelfAttention(SequenceMixer):
         self.q_gain = tag(nn.Parameter(torch.full((h,), float(cfg.qk_gain_init))),
                           quant="control", optim="scalar")
         self.window = self.window_size(cfg)  # 0 = full causal attention
-        flex = flex_setting(cfg) if self.window else "off"
+        flex = flex_setting(cfg) if self.window or cfg.doc_attention else "off"
         if flex != "off" and not flex_available():
             if flex == "on":
                 raise GolfError("FLEX_ATTENTION=on but this torch has no torch.nn.attention.flex_attention; "
@@ -216,7 +268,13 @@ class CausalSelfAttention(SequenceMixer):
     def _forward(self, x: Tensor, ctx: MixerContext) -> tuple[Tensor, Tensor, Tensor]:
         T = x.shape[1]
         q, k, v, q_free = self._qkv(x, ctx)
-        if self.window and self.window < T:
+        if ctx.doc_ids is not None:  # DOC_ATTENTION=1: within documents (see doc_mask)
+            window = self.window if self.window < T else 0
+            if self.flex == "on" or (self.flex == "auto" and x.is_cuda and torch.compiler.is_compiling()):
+                y = flex_doc_attention(q, k, v, ctx, window)
+            else:
+                y = _sdpa(q, k, v, doc_mask(ctx, window))
+        elif self.window and self.window < T:
             if self.flex == "on" or (self.flex == "auto" and x.is_cuda and torch.compiler.is_compiling()):
                 y = flex_window_attention(q, k, v, self.window, ctx.num_prefix)
             else:
@@ -230,7 +288,9 @@ class CausalSelfAttention(SequenceMixer):
         backbone's, exactly as in forward(); returns (y, the cache of its keys/values). Otherwise x
         [B, Tn, D] are the Tn positions right after the cached ones, ctx.cos/sin are the rotary
         tables of those absolute positions (cache.length, ...) and ctx.num_prefix is ignored (the
-        cache knows it); returns (y for the new positions, the grown cache)."""
+        cache knows it); returns (y for the new positions, the grown cache). With document ids
+        (DOC_ATTENTION=1) the prefill is masked by document, but a step attends to the whole cache:
+        the decoder (golf/eval/generate.py) re-prefills while the context holds a document boundary."""
         if cache is None:
             y, k, v = self._forward(x, ctx)
             return y, self._trimmed(k, v, ctx.num_prefix, ctx.num_prefix, x.shape[1])

@@ -33,7 +33,7 @@ from golf.core.utils import GolfError
 from golf.model.embed import BigramHash, SmearGate
 from golf.model.layers import BOS_ID, MLP, CastedLinear, QATEmbedding, Rotary, rms_norm
 from golf.model.mechanisms import build_mechanisms, build_mixer
-from golf.model.mixer import MixerContext, tag
+from golf.model.mixer import MixerContext, document_ids, tag
 
 TRAINING_ONLY_PREFIXES = ("mtp_heads.",)  # parameters never exported into the artifact
 
@@ -174,7 +174,8 @@ class GPT(nn.Module):
         if P:
             doc_start = torch.cat([doc_start.new_zeros(B, P), doc_start], dim=1)
         cos, sin = self.rotary(P + T, x.device)
-        ctx = MixerContext(cos=cos, sin=sin, num_prefix=P, doc_start=doc_start, mechanisms=mechs)
+        ctx = MixerContext(cos=cos, sin=sin, num_prefix=P, doc_start=doc_start, mechanisms=mechs,
+                           doc_ids=document_ids(idx, P) if self.cfg.doc_attention else None)
 
         # s: position in the run order, i: its logical layer (ln scale, lane weights, mechanisms, block via schedule).
         # From layer K on (parallel lanes) x is the attention lane, which the skips feed, and lane_m the MLP lane.

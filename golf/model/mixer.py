@@ -13,7 +13,7 @@ Untagged parameters are classified by shape: 2-D -> ("other", "matrix"), else ("
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -57,6 +57,8 @@ class MixerContext:
     cos/sin: rotary tables for positions [0, T) of the full sequence (prefix included), or None.
     num_prefix: how many leading positions are memory tokens (not real text, visible to all).
     doc_start: bool [B, T], True at BOS positions (mixers with state may reset there), or None.
+    doc_ids: long [B, T] with DOC_ATTENTION=1 (else None): the document of every position, from
+    document_ids(); mixers then attend and carry state within a document only (see doc_resets).
     """
 
     cos: Tensor | None = None
@@ -65,6 +67,8 @@ class MixerContext:
     doc_start: Tensor | None = None
     # model-level mechanisms (ModelMechanism below); attention layers call attention_extra()
     mechanisms: tuple = ()
+    doc_ids: Tensor | None = None
+    memo: dict = field(default_factory=dict)  # per-forward cache shared by the layers (document masks)
 
     def attention_extra(self, layer_idx: int, q: Tensor) -> Tensor | None:
         """Sum of what the model's mechanisms add to attention layer `layer_idx`'s per-head output,
@@ -75,6 +79,37 @@ class MixerContext:
             if extra is not None:
                 out = extra if out is None else out + extra
         return out
+
+
+def document_ids(idx: Tensor, num_prefix: int = 0) -> Tensor:
+    """idx [B, T] -> long [B, num_prefix + T]: the document of each position (DOC_ATTENTION=1).
+    Documents are BOS + tokens, so the id is the running count of BOS; a row that starts mid-document
+    has its first segment as one document (id 0). Prefix positions (memory tokens) get -1: they are
+    learned parameters, not text, so which document may see them is each mixer's rule (attention:
+    every document; recurrent state: none, see doc_resets)."""
+    from golf.model.layers import BOS_ID  # layers imports this module
+
+    ids = (idx == BOS_ID).to(torch.int64).cumsum(dim=1)
+    if num_prefix:
+        ids = torch.cat([ids.new_full((idx.shape[0], num_prefix), -1), ids], dim=1)
+    return ids
+
+
+# The log decay a recurrent mixer puts at a reset position: exp(-1e4) is exactly 0 in float32 and
+# float64, while -inf would turn the chunked scans' cumulative-sum differences into inf - inf = nan.
+RESET_LOG_DECAY = -1e4
+
+
+def doc_resets(ctx: "MixerContext | None") -> Tensor | None:
+    """bool [B, T]: True where a recurrent mixer's state must start from zero (a position whose
+    document differs from the one before: every BOS, and the first real token after a memory-token
+    prefix), or None without DOC_ATTENTION. A state is a summary of everything before it, so a
+    reset cannot keep the prefix and drop the previous document: recurrent layers do not see memory
+    tokens under DOC_ATTENTION (attention layers do)."""
+    d = None if ctx is None else ctx.doc_ids
+    if d is None:
+        return None
+    return torch.cat([torch.zeros_like(d[:, :1], dtype=torch.bool), d[:, 1:] != d[:, :-1]], dim=1)
 
 
 class SequenceMixer(nn.Module):

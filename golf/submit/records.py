@@ -116,6 +116,8 @@ def techniques(cfg: dict[str, Any]) -> list[str]:
         out.append(f"BigramHash embedding {g('bigram_vocab_size')}x{g('bigram_dim')}")
     if g("smear_gate"):
         out.append("SmearGate (reset at BOS)")
+    if g("doc_attention"):
+        out.append("attention within documents (BOS-delimited; recurrent mixers reset at BOS)")
     if g("mtp_num_heads"):
         out.append(f"{g('mtp_num_heads')} MTP auxiliary heads (weight {g('mtp_loss_weight')}, training only)")
     rope = g("rope_dims")

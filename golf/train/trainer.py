@@ -63,7 +63,8 @@ def setup_distributed(h) -> Dist:
     if h.device not in ("auto", "cpu", "cuda"):
         raise GolfError(f"DEVICE={h.device!r}: use auto, cpu or cuda")
     on_cpu = h.device == "cpu" or (h.device == "auto" and not torch.cuda.is_available())
-    if on_cpu and str(h.flex_attention).lower() == "on" and "swa" in layer_mixers(h.model_config()):
+    if on_cpu and str(h.flex_attention).lower() == "on" and ("swa" in layer_mixers(h.model_config())
+                                                             or h.doc_attention):
         # torch's flex_attention has no CPU backward (2.11 and 2.13 alike): fail before compiling
         raise GolfError("FLEX_ATTENTION=on trains only on CUDA (flex_attention has no CPU backward); "
                         "use FLEX_ATTENTION=auto or off on CPU")
@@ -418,6 +419,8 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
                                         seed=h.seed)
     log.kv(train_tokens=loader.total, val_tokens=len(val), micro_batch_seqs=micro_seqs, grad_accum_steps=accum,
            tokens_per_step=h.train_batch_tokens)
+    if h.doc_attention:  # attention within documents: how many rows it changes (golf issue 23)
+        log.kv(doc_attention=1, **loader.doc_stats())
 
     # --- model, pre-flight, optimizers ---------------------------------------------------------
     torch.manual_seed(h.seed)

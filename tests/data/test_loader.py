@@ -84,3 +84,21 @@ def test_errors():
     b = TokenLoader(shards(), seq_len=8, local_batch_seqs=4)
     with pytest.raises(GolfError, match="TRAIN_BATCH_TOKENS"):
         b.load_state_dict(a.state_dict())
+
+
+def test_doc_stats_reads_without_consuming():
+    """DOC_ATTENTION's log line: tokens per BOS and the share of rows with a BOS after position 0,
+    from the next batches, read without moving the stream (resume and token order unchanged)."""
+    s = np.full(960, 7, dtype=np.uint16)
+    s[::20] = 1  # documents of 20 tokens
+    ld = TokenLoader([s], seq_len=16, local_batch_seqs=3, seed=0)
+    ld.next_batch()
+    state = ld.state_dict()
+    st = ld.doc_stats(num_batches=4)
+    assert ld.state_dict() == state and torch.equal(ld.batch_at(ld.batches_served)[0], ld.next_batch()[0])
+    rows = [ld.batch_at(k)[0] for k in range(1, 5)]
+    x = torch.cat(rows)
+    assert st["doc_stats_rows"] == 12
+    assert st["mean_doc_tokens"] == pytest.approx(x.numel() / int((x == 1).sum()))
+    assert st["rows_with_boundary"] == pytest.approx(float((x[:, 1:] == 1).any(1).float().mean()))
+    assert 0 < st["rows_with_boundary"] < 1  # 16-token rows in 20-token documents: some rows hold a BOS

@@ -19,7 +19,10 @@ float64. `forward_recurrent` (via `step`) is the reference; tests/memory/test_de
 they agree. fla's Triton kernel is used instead when `fla` is importable, x is on CUDA, and it
 reproduced the plain-torch path once (checked on the first batch).
 
-Documents: no reset at BOS (memory-token prefixes must stay visible; the decay gate can forget).
+Documents: by default no reset at BOS (memory-token prefixes must stay visible; the decay gate can
+forget). With DOC_ATTENTION=1 a document starts from a zero state: the decay is 0 at its first
+position (golf.model.mixer.doc_resets) and the short conv's taps stop at that position, so nothing of
+the previous document (nor of the memory-token prefix) reaches it; fla's kernel is then not used.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from torch import Tensor, nn
 from golf.core.config import GPTConfig
 from golf.core.utils import GolfError
 from golf.model.layers import CastedLinear, rms_norm
-from golf.model.mixer import MixerContext, SequenceMixer, tag
+from golf.model.mixer import RESET_LOG_DECAY, MixerContext, SequenceMixer, doc_resets, tag
 
 CONV_SIZE = 4  # short causal conv, as in the paper / fla
 
@@ -180,11 +183,23 @@ class GatedDeltaNet(SequenceMixer):
         """The fast path, also returning the state after the last position (generation prefill)."""
         B, T, D = x.shape
         pre = F.pad(self.qkv_proj(x).transpose(1, 2), (CONV_SIZE - 1, 0))  # [B, 3D, K-1+T]
-        qkv = F.conv1d(pre, self.conv_weight.to(pre.dtype)[:, None, :], groups=3 * D).transpose(1, 2)
+        reset = doc_resets(ctx)
+        if reset is None:
+            qkv = F.conv1d(pre, self.conv_weight.to(pre.dtype)[:, None, :], groups=3 * D).transpose(1, 2)
+        else:  # DOC_ATTENTION: the same conv, each tap masked to the output's own document
+            doc = F.pad(ctx.doc_ids, (CONV_SIZE - 1, 0), value=-2)  # [B, K-1+T], padding = no document
+            w = self.conv_weight.to(pre.dtype)
+            qkv = sum(pre[..., j:j + T] * w[:, j, None] * (doc[:, None, j:j + T] == doc[:, None, CONV_SIZE - 1:])
+                      for j in range(CONV_SIZE)).transpose(1, 2)
+            if need_state:  # the conv state carried on (generation): the last document's taps only
+                pre = pre * (doc == doc[:, -1:])[:, None]
         q, k, v, g, beta = self._heads(qkv, self.ba_proj(x))
+        if reset is not None:  # decay 0 at a document's first position: the state restarts from zero
+            g = g.masked_fill(reset[..., None], RESET_LOG_DECAY)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, hd]
         g, beta = g.transpose(1, 2), beta.transpose(1, 2)
-        if self.use_fla and x.is_cuda and not need_state and _fla_usable(q, k, v, g, beta, self.chunk):
+        if (self.use_fla and x.is_cuda and not need_state and reset is None
+                and _fla_usable(q, k, v, g, beta, self.chunk)):
             o, S = _fla_chunk(q, k, v, g, beta).float(), None  # pragma: no cover
         else:
             with torch.autocast(x.device.type, enabled=False):  # the state accumulates: keep it fp32

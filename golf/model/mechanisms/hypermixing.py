@@ -13,7 +13,9 @@ v = W_v x. The output is RMS-normed per head (HyperMixer uses LayerNorm here) an
 
 Fast path: one cumsum over positions (memory O(T * HYPERMIX_HIDDEN * head_dim) per sequence).
 Recurrent form: a running sum and a count (`step`); tests check both agree.
-Documents: no reset at BOS (memory-token prefixes stay in the average of every later token).
+Documents: by default no reset at BOS (memory-token prefixes stay in the average of every later
+token). With DOC_ATTENTION=1 the average runs over the token's own document only (from its first
+position, golf.model.mixer.doc_resets; the memory-token prefix is left out too).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from torch import Tensor, nn
 from golf.core.config import GPTConfig
 from golf.core.utils import GolfError
 from golf.model.layers import CastedLinear, rms_norm
-from golf.model.mixer import MixerContext, SequenceMixer, tag
+from golf.model.mixer import MixerContext, SequenceMixer, doc_resets, tag
 
 
 class HyperMixing(SequenceMixer):
@@ -72,6 +74,15 @@ class HyperMixing(SequenceMixer):
         with torch.autocast(x.device.type, enabled=False):  # a bf16 running sum would lose tokens
             total = torch.einsum("bthm,bthd->bthmd", w1, v).cumsum(dim=1)
         count = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=total.dtype)
+        reset = doc_resets(ctx)
+        if reset is not None:  # DOC_ATTENTION: sums from the document's first position s: total[t] - total[s-1]
+            pos = torch.arange(x.shape[1], device=x.device)
+            first = torch.where(reset, pos, 0).cummax(dim=1).values  # [B, T]
+            before = F.pad(total, (0, 0, 0, 0, 0, 0, 1, 0))[:, :-1]  # before[:, t] = total[:, t-1], 0 at t = 0
+            total = total - before.gather(1, first[:, :, None, None, None].expand_as(total))
+            count = (pos - first + 1).to(total.dtype)  # [B, T]
+            pooled = total / count[:, :, None, None, None]
+            return self._mix(w2, pooled, x), (total[:, -1], count[:, -1, None, None, None])
         pooled = total / count[None, :, None, None, None]  # causal mean over i <= t
         return self._mix(w2, pooled, x), (total[:, -1], x.shape[1])
 

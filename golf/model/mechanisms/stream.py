@@ -19,9 +19,11 @@ per-chunk [C, C] mixing matrix, only the key half is built (see StreamMixer._rea
 `forward_recurrent` (base class, via `step`) is the naive reference; tests/memory/test_stream.py
 checks they agree in values and grads.
 
-Documents: the state is *not* reset at BOS. Memory-token prefix positions must stay visible to every
-later token (a reset would cut them off), and the decay gate sees the BOS embedding, so the layer
-can learn to forget at a document boundary by itself.
+Documents: by default the state is *not* reset at BOS. Memory-token prefix positions must stay visible
+to every later token (a reset would cut them off), and the decay gate sees the BOS embedding, so the
+layer can learn to forget at a document boundary by itself. With DOC_ATTENTION=1 the state restarts
+from zero at every document's first position (decay a = 0 there, golf.model.mixer.doc_resets), so a
+document sees nothing of the one before it, nor of the memory-token prefix.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from torch import Tensor, nn
 from golf.core.config import GPTConfig
 from golf.core.utils import GolfError
 from golf.model.layers import CastedLinear, rms_norm
-from golf.model.mixer import MixerContext, SequenceMixer, tag
+from golf.model.mixer import RESET_LOG_DECAY, MixerContext, SequenceMixer, doc_resets, tag
 
 
 def _chunk_weights(log_a: Tensor, r: Tensor, C: int) -> tuple[Tensor, Tensor]:
@@ -208,6 +210,9 @@ class StreamMixer(SequenceMixer):
     def forward_with_state(self, x: Tensor, ctx: MixerContext | None = None) -> tuple[Tensor, Tensor]:
         """The fast path, also returning the state after the last position (generation prefill)."""
         q, g, u, log_a, r = self._project(x)
+        reset = doc_resets(ctx)
+        if reset is not None:  # DOC_ATTENTION: a = exp(-1e4) = 0 exactly; finite, so cumsum differences stay finite
+            log_a = log_a.masked_fill(reset[..., None], RESET_LOG_DECAY)
         with torch.autocast(x.device.type, enabled=False):  # the scan accumulates: keep it fp32
             y, last = self._read_chunked(q, u.float(), log_a, r)
         return self._output(y, g), last
