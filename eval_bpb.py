@@ -4,6 +4,7 @@
         [--seq-len 2048 --stride 64 --batch-windows 64 --contexts 512,1024,2048 --max-tokens N \
          --out runs/<id>/eval.json --plot runs/<id>/bpb_vs_position.png --device auto]
     torchrun --nproc_per_node=8 eval_bpb.py --artifact ... --data-path ...   (windows split over ranks)
+    TTT_CHUNK_SIZE=48 python eval_bpb.py --artifact ... --data-path ... --ttt lora   (score-first TTT, any of sgd|lora|phased)
     python eval_bpb.py --audit-bytes --tokenizer data/.../tokenizer.model --text FILE [--max-docs N]
 
 Settings left out come from the artifact's own config (EVAL_SEQ_LEN, EVAL_STRIDE, EVAL_BATCH_WINDOWS,
@@ -35,6 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto", help="torch.compile (auto: on for CUDA)")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--ttt", default=os.environ.get("TTT", ""), choices=("", "sgd", "lora", "phased"),
+                   help="score with test-time training (golf/eval/ttt.py; default: TTT); its TTT_* / GLOBAL_TTT_* / "
+                        "PHASED_TTT_* settings come from the environment")
     p.add_argument("--audit-bytes", action="store_true", help="check LUT byte counts against decoded UTF-8 bytes")
     p.add_argument("--tokenizer", default="", help="(audit) tokenizer.model / tokenizer.json")
     p.add_argument("--text", default="", help="(audit) .jsonl[.zst|.gz] with a text field, or a plain .txt file")
@@ -70,6 +74,15 @@ def main(argv: list[str] | None = None) -> None:
     from golf.eval.report import plot_bpb_vs_position, summary, write_report
     from golf.eval.score import score
 
+    strategy = None
+    if args.ttt:
+        from golf.core.config import check_ranges, load_config
+        from golf.eval.ttt import FromSettings
+
+        # ranges checked now; the checks against the window once the artifact's EVAL_SEQ_LEN is known
+        h = load_config(env={**os.environ, "TTT": args.ttt}, finalize=False)
+        check_ranges(h)
+        strategy = FromSettings(h)
     d = setup(args.device, "--device")
     rank, world = d.rank, d.world_size
     try:
@@ -79,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
             max_tokens=args.max_tokens, device=args.device,
             compile=None if args.compile == "auto" else args.compile == "on",
             rank=rank, world_size=world, progress=args.progress and sys.stderr.isatty(),
-            tokenizer_path=args.tokenizer_path,
+            tokenizer_path=args.tokenizer_path, strategy=strategy,
         )
         if rank == 0:
             print(summary(rep))

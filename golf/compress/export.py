@@ -11,7 +11,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from golf.compress.artifact import _PAYLEN, _PREFIX, _build_gpt, export_tensors, read_artifact, save_artifact, size_report
+from golf.compress.artifact import (_PAYLEN, _PREFIX, _build_gpt, export_tensors, read_artifact, save_artifact,
+                                    size_report)
 from golf.compress.codesize import code_bytes
 from golf.compress.gptq import collect_hessians, gptq_quantize
 from golf.compress.quant import bits_for_tensor, clip_for

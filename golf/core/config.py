@@ -175,12 +175,31 @@ class Hyperparameters(GPTConfig):
     eval_batch_windows: int = 32
     eval_contexts: str = ""  # extra context lengths for the multi-context report, e.g. "512,1024,2048"
     # --- score-first test-time training (golf/eval/ttt.py; the challenge records' names) -------------
-    ttt: str = ""  # "" = plain sliding window | sgd = score-first global SGD
-    ttt_chunk_size: int = 32768  # tokens scored before each adaptation
+    ttt: str = ""  # "" = plain sliding window | sgd = score-first global SGD | lora = per-document LoRA | phased
+    # tokens scored before each adaptation; 0 = the strategy's own: sgd 32768 (of the stream), lora/phased 48 (per doc)
+    ttt_chunk_size: int = 0
     global_ttt_lr: float = 1e-4
     ttt_momentum: float = 0.9
-    ttt_steps: int = 1  # SGD passes over each chunk after it is scored
+    ttt_steps: int = 1  # gradient steps on each chunk after it is scored (sgd: SGD passes; lora: Adam steps)
     ttt_time_budget_s: float = 0.0  # stop adapting (score the rest plainly) after this long; 0 = no limit
+    # TTT=lora / phased: rank-r adapters per document (the 1.0611 record's names and values)
+    ttt_lora_rank: int = 80  # phased: 0 = no adapters (phased global SGD alone)
+    ttt_lora_lr: float = 1e-4
+    ttt_lora_alpha: float = 144.0  # adapter output scaled by alpha / rank (PR #1767)
+    ttt_batch_size: int = 64  # documents adapted side by side, each with its own adapters
+    ttt_weight_decay: float = 0.5
+    ttt_beta1: float = 0.0
+    ttt_beta2: float = 0.99
+    ttt_k_lora: bool = True  # adapters on K (Q and V always, in attention layers)
+    ttt_mlp_lora: bool = True  # on each MLP (every mixer kind)
+    ttt_o_lora: bool = True  # on the attention output projection
+    # TTT=phased: global SGD on the already-scored document prefix between phases (PR #1610, #1626)
+    phased_ttt_prefix_docs: int = 2500
+    phased_ttt_num_phases: int = 3
+    global_ttt_momentum: float = 0.9
+    global_ttt_epochs: int = 1
+    global_ttt_batch_seqs: int = 32  # EVAL_SEQ_LEN sequences per global SGD step
+    global_ttt_grad_clip: float = 1.0  # 0 = off
 
     # ------------------------------------------------------------------------------------------
     def finalize(self) -> "Hyperparameters":
@@ -229,8 +248,9 @@ class Hyperparameters(GPTConfig):
             # late QAT starts when the LR scale drops below QAT_LR_SCALE: a floor at or above it never lets it
             raise GolfError(f"MIN_LR={self.min_lr} keeps the LR scale at or above QAT_LR_SCALE={self.qat_lr_scale}, "
                             "so late QAT would never start: lower MIN_LR, raise QAT_LR_SCALE above it, or set QAT=0")
-        if self.ttt not in ("", "sgd"):
-            raise GolfError(f"TTT={self.ttt!r}: use sgd (score-first global SGD) or leave it empty")
+        if self.ttt not in TTT_STRATEGIES:
+            raise GolfError(f"TTT={self.ttt!r}: use sgd (score-first global SGD), lora (per-document LoRA), phased "
+                            f"(phased global SGD, then per-document LoRA) or leave it empty")
         if self.quant_scheme not in QUANT_SCHEMES:
             raise GolfError(f"QUANT_SCHEME={self.quant_scheme!r}: use one of {', '.join(QUANT_SCHEMES)}")
         if self.quant_scheme == "gptq" and (self.quant_calib_batches < 1 or self.quant_calib_seqs < 1):
@@ -239,6 +259,7 @@ class Hyperparameters(GPTConfig):
             raise GolfError(
                 f"EVAL_STRIDE={self.eval_stride} must be between 1 and EVAL_SEQ_LEN={self.eval_seq_len}"
             )
+        check_ttt(self, self.eval_seq_len)
         return self
 
     @property
@@ -276,10 +297,32 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "ema_horizon_frac": (_POS, None), "qat_lr_scale": (0, 1), "val_every": (0, None), "val_batch_tokens": (1, None),
     "log_every": (0, None), "checkpoint_every": (0, None), "checkpoint_minutes": (0, None), "quant_min_numel": (0, None), "zstd_level": (1, 22),
     "eval_seq_len": (0, None), "eval_stride": (1, None), "eval_batch_windows": (1, None),
-    "quant_calib_batches": (1, None), "quant_calib_seqs": (1, None), "ttt_chunk_size": (1, None),
+    "quant_calib_batches": (1, None), "quant_calib_seqs": (1, None), "ttt_chunk_size": (0, None),
     "global_ttt_lr": (0, None), "ttt_momentum": (0, 0.999999), "ttt_steps": (1, None), "ttt_time_budget_s": (0, None),
+    "ttt_lora_rank": (0, None), "ttt_lora_lr": (0, None), "ttt_lora_alpha": (0, None), "ttt_batch_size": (1, None),
+    "ttt_weight_decay": (0, None), "ttt_beta1": (0, 0.999999), "ttt_beta2": (0, 0.999999),
+    "phased_ttt_prefix_docs": (0, None), "phased_ttt_num_phases": (1, None), "global_ttt_momentum": (0, 0.999999),
+    "global_ttt_epochs": (0, None), "global_ttt_batch_seqs": (1, None), "global_ttt_grad_clip": (0, None),
     "xsa_last_n": (0, None), "gate_window": (1, None), "sparse_attn_gate_scale": (0, None), "mlp_leaky_slope": (0, 1),
 }
+
+
+TTT_STRATEGIES = ("", "sgd", "lora", "phased")
+TTT_CHUNK_DEFAULT = {"sgd": 32768, "lora": 48, "phased": 48}  # TTT_CHUNK_SIZE=0: the records' values
+
+
+def check_ttt(h: Any, seq_len: int) -> None:
+    """The TTT settings that depend on each other or on the eval window (EVAL_SEQ_LEN), checked before
+    any scoring starts (finalize; eval_bpb.py --ttt with the artifact's window)."""
+    if h.ttt not in ("lora", "phased"):
+        return
+    chunk = int(h.ttt_chunk_size) or TTT_CHUNK_DEFAULT[h.ttt]
+    if chunk > seq_len:
+        raise GolfError(f"TTT_CHUNK_SIZE={chunk} is longer than the eval window EVAL_SEQ_LEN={seq_len}: a per-document "
+                        f"chunk is scored inside one window; set TTT_CHUNK_SIZE <= {seq_len} (the record: 48)")
+    if h.ttt == "lora" and int(h.ttt_lora_rank) < 1:
+        raise GolfError("TTT=lora needs TTT_LORA_RANK >= 1 (the record: 80); for phased global SGD without adapters "
+                        "use TTT=phased TTT_LORA_RANK=0")
 
 
 def check_ranges(h: Any) -> None:

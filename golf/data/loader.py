@@ -18,8 +18,7 @@ import torch
 
 from golf.core.utils import GolfError
 from golf.data.folder import shard_files
-from golf.data.shards import read_shard
-from golf.model.layers import BOS_ID
+from golf.data.shards import BOS_ID, read_shard
 
 
 class TokenLoader:

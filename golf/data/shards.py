@@ -13,6 +13,7 @@ MAGIC = 20240520
 VERSION = 1
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
+BOS_ID = 1  # every document in a shard starts with BOS (id 1), as in the challenge's shards
 
 
 def write_shard(path: str | os.PathLike, tokens) -> Path:

@@ -44,8 +44,8 @@ from torch import Tensor, nn
 from golf.compress.artifact import load_artifact
 from golf.core.utils import GolfError, main_guard
 from golf.data.folder import tokenizer_path
+from golf.data.shards import BOS_ID
 from golf.data.tokenizer import load_tokenizer
-from golf.model.layers import BOS_ID
 
 WINDOW = 4  # tokens fed to the embeddings per incremental step (features look back 1 token)
 

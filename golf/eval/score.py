@@ -447,6 +447,8 @@ def score(
     d = _eval_defaults(meta)
     seq_len, stride = seq_len or d["seq_len"], stride or d["stride"]
     batch_windows = batch_windows or d["batch_windows"]
+    if hasattr(strategy, "resolve"):  # named by settings (golf.eval.ttt.FromSettings): built for this window
+        strategy = strategy.resolve(seq_len, stride, batch_windows)
     strategy = strategy or SlidingWindow(seq_len, stride, batch_windows)
     ctx_list = parse_contexts(d["contexts"] if contexts is None else contexts)
     check_window_args(seq_len + 1, seq_len, stride)  # bad settings fail before the val split loads

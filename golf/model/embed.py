@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from golf.model.layers import BOS_ID, CastedLinear, QATEmbedding
+from golf.data.shards import BOS_ID
+from golf.model.layers import CastedLinear, QATEmbedding
 from golf.model.mixer import tag
 
 

@@ -30,8 +30,9 @@ from torch import Tensor, nn
 
 from golf.core.config import GPTConfig, layer_mixers
 from golf.core.utils import GolfError
+from golf.data.shards import BOS_ID
 from golf.model.embed import BigramHash, SmearGate
-from golf.model.layers import BOS_ID, MLP, CastedLinear, QATEmbedding, Rotary, rms_norm
+from golf.model.layers import MLP, CastedLinear, QATEmbedding, Rotary, rms_norm
 from golf.model.mechanisms import build_mechanisms, build_mixer
 from golf.model.mixer import MixerContext, document_ids, tag
 

@@ -14,8 +14,6 @@ from torch import Tensor, nn
 from golf.model.mixer import tag
 from golf.model.quantgrid import fake_quantize
 
-BOS_ID = 1  # every document in a shard starts with BOS (id 1), as in the challenge's shards
-
 
 class CastedLinear(nn.Linear):
     """A bias-free linear layer whose fp32 weight is cast to the input dtype in forward.

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from golf.core.config import GPTConfig
+from golf.data.shards import BOS_ID
 
 QUANT_GROUPS = ("mlp", "attn", "embed", "other", "control")
 OPTIM_GROUPS = ("matrix", "embed", "scalar", "memory")
@@ -87,8 +88,6 @@ def document_ids(idx: Tensor, num_prefix: int = 0) -> Tensor:
     has its first segment as one document (id 0). Prefix positions (memory tokens) get -1: they are
     learned parameters, not text, so which document may see them is each mixer's rule (attention:
     every document; recurrent state: none, see doc_resets)."""
-    from golf.model.layers import BOS_ID  # layers imports this module
-
     ids = (idx == BOS_ID).to(torch.int64).cumsum(dim=1)
     if num_prefix:
         ids = torch.cat([ids.new_full((idx.shape[0], num_prefix), -1), ids], dim=1)

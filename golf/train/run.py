@@ -105,7 +105,8 @@ def run(h: Hyperparameters) -> dict[str, Any]:
             if plain:
                 _append(run_dir, f"final_int_zstd_roundtrip_exact val_loss:{plain['val_loss']:.8f} "
                                  f"val_bpb:{plain['val_bpb']:.8f}", d, h)
-            # the score's line is named by its strategy: final_sliding_window_exact, or final_score_first_sgd_exact
+            # the score's line is named by its strategy: final_sliding_window_exact, final_score_first_sgd_exact,
+            # final_ttt_lora_exact or final_ttt_phased_exact
             _append(run_dir, f"final_{rep['strategy']}_exact val_loss:{rep['val_loss']:.8f} val_bpb:{rep['val_bpb']:.8f} "
                              f"stride:{rep['stride']} seq_len:{rep['seq_len']}", d, h)
             print(summary(rep), flush=True)

@@ -94,10 +94,11 @@ def test_summary_judges_only_gpu_figures(tmp_path, capsys):
 def test_bench_quant_cross_one_row_per_scheme_and_serialiser(tmp_path, byte_data_dir):
     """Every quantiser through every serialiser on one checkpoint: the BPB is a scheme's (the same
     for each of its serialisers), the bytes a serialiser's, and GPTQ+SDClip is scored on the same tokens."""
-    import torch
     from dataclasses import asdict
 
+    import torch
     from compress.test_artifact import _trained_ish
+
     from golf.bench.quant import bench_cross
     from golf.core.config import load_config
 

@@ -21,6 +21,7 @@ def test_closure_holds_the_three_stages_and_no_corpus_preparation():
               "golf.compress.artifact", *stages):
         assert m in mods, m
     assert "golf.model.mechanisms.stream" in mods  # every registered mechanism
+    assert {"golf.eval.ttt", "golf.eval.lora"} <= set(mods)  # TTT=sgd|lora|phased (golf.train.run scores with them)
     assert not any(m.startswith(("golf.bench", "golf.compress.bundle", "golf.submit")) for m in mods)
     assert not {"golf.data.prepare", "golf.data.corpus", "golf.data.fineweb", "golf.data.audit"} & set(mods)
     assert mods["golf.model.mechanisms"][0] and not mods["golf.model.gpt"][0]  # package flags

@@ -5,13 +5,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from compress.test_artifact import TOK_SHA, _h, _trained_ish
 
 from golf.compress import codecs
 from golf.compress.artifact import load_artifact, read_artifact, save_artifact
 from golf.core.config import load_config
 from golf.core.utils import GolfError
-
-from compress.test_artifact import TOK_SHA, _h, _trained_ish
 
 
 def test_l1_order_matches_the_plain_loop():

@@ -4,6 +4,7 @@ layers' own inputs from training batches, and an artifact exported with it loads
 import numpy as np
 import pytest
 import torch
+from compress.test_artifact import TOK_SHA, _h, _trained_ish
 
 from golf.compress.artifact import load_artifact
 from golf.compress.export import calibration_batches, export
@@ -14,8 +15,6 @@ from golf.core.utils import GolfError
 from golf.data.folder import load_split
 from golf.model.gpt import GPT
 from golf.model.quantgrid import dequantize_rows, qmax_for, quantize_rows, sd_scales
-
-from compress.test_artifact import TOK_SHA, _h, _trained_ish
 
 
 def _layer(rows=12, cols=20, n=400, seed=0):

@@ -2,18 +2,18 @@
 targets of B get the losses they get when B is the whole stream (A's length a multiple of the
 stride, so B's windows line up), and changing any token of A changes no loss of B. TTT (global SGD)
 is checked on its first chunk, scored before any update: once it has adapted, what it learned on A
-is in the weights by design (per-document adapters are golf issue 18's remaining part)."""
+is in the weights by design (TTT=lora resets its adapters per document: tests/eval/test_ttt.py)."""
 import numpy as np
 import pytest
 import torch
 from modelkit import randomize, small_cfg
 
 from golf.data.bpb import build_luts
+from golf.data.shards import BOS_ID
 from golf.data.tokenizer import ByteTokenizer
 from golf.eval.score import SlidingWindow, evaluate_bpb
 from golf.eval.ttt import ScoreFirstSGD
 from golf.model.gpt import GPT
-from golf.model.layers import BOS_ID
 
 SEQ, STRIDE, LA, LB = 32, 8, 40, 70  # LA % STRIDE == 0
 
@@ -31,7 +31,7 @@ def _setup(mixers, doc_attention=True):
 
 STRATEGIES = {
     "sliding_window": lambda: (lambda m, s, luts: evaluate_bpb(m, s, luts, SEQ, STRIDE, 4, per_target=True)),
-    "score_first_sgd": lambda: ScoreFirstSGD(SEQ, STRIDE, 4, chunk_tokens=4096, lr=0.05),  # one chunk
+    "score_first_sgd": lambda: ScoreFirstSGD(SEQ, STRIDE, 4, chunk_tokens=4096, lr=0.05, record=True),  # one chunk
 }
 
 

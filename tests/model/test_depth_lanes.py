@@ -12,8 +12,9 @@ from golf.compress.artifact import load_artifact, save_artifact
 from golf.compress.quant import quantize_model_
 from golf.core.config import GPTConfig, load_config
 from golf.core.utils import GolfError, compile_stats
+from golf.data.shards import BOS_ID
 from golf.model.gpt import GPT, count_params, loop_order
-from golf.model.layers import BOS_ID, rms_norm
+from golf.model.layers import rms_norm
 from golf.model.mixer import MixerContext, optim_group_of, quant_group_of
 
 T = 24

@@ -9,10 +9,10 @@ from modelkit import randomize
 from modelkit import small_cfg as _small_cfg
 
 from golf.core.config import GPTConfig
+from golf.data.shards import BOS_ID
 from golf.eval.generate import sample
 from golf.model.embed import SmearGate
 from golf.model.gpt import GPT
-from golf.model.layers import BOS_ID
 from golf.model.mechanisms import MIXERS
 from golf.model.mixer import MixerContext, doc_resets, document_ids
 

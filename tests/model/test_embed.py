@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from golf.data.shards import BOS_ID
 from golf.model.embed import BigramHash, SmearGate, doc_reset
-from golf.model.layers import BOS_ID
 
 
 def _bigram(buckets=64, dim=8, model_dim=16):

@@ -5,8 +5,9 @@ import torch
 from modelkit import randomize
 from modelkit import small_cfg as _small_cfg
 
+from golf.data.shards import BOS_ID
 from golf.model.gpt import GPT
-from golf.model.layers import BOS_ID, Rotary
+from golf.model.layers import Rotary
 from golf.model.mechanisms import MECHANISMS, MIXERS, build_mixer
 from golf.model.mixer import MixerContext
 
