@@ -67,6 +67,8 @@ class ScoreFirstSGD:
         stream = _as_long_tensor(tokens)
         starts, n_scored = window_plan(stream.numel(), self.seq_len, self.stride)
         luts = luts.to(device) if hasattr(luts, "to") else luts
+        if hasattr(luts, "check_stream"):
+            luts.check_stream(stream.numel())
         model = copy.deepcopy(model).to(device)  # the artifact's model stays as loaded
         params = [p for p in model.parameters() if p.is_floating_point()]
         for p in params:
@@ -90,7 +92,8 @@ class ScoreFirstSGD:
                     bs, bn = cs[b:b + self.batch_windows], cn[b:b + self.batch_windows]
                     nll, x, y = _window_losses(model, stream, bs, self.seq_len, device)
                     nll = nll.double().cpu().numpy()
-                    nbytes = token_bytes(x, y, luts).double().cpu().numpy()
+                    tgt_pos = torch.as_tensor(bs[:, None] + 1 + np.arange(self.seq_len)[None], device=device)
+                    nbytes = token_bytes(x, y, luts, tgt_pos).double().cpu().numpy()
                     scored = np.arange(self.seq_len)[None] >= (self.seq_len - bn)[:, None]  # each window's last n
                     pos_loss += np.where(scored, nll, 0.0).sum(0)
                     pos_tok += scored.sum(0)
