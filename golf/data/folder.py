@@ -282,9 +282,10 @@ def challenge_tokenizer_path(data_path: str | os.PathLike) -> Path | None:
                 return root / str(tok[key])
     except (OSError, ValueError, StopIteration, AttributeError, TypeError):
         pass
-    m = re.fullmatch(r"fineweb10B_sp(\d+)", folder.name)
-    if m and (root / "tokenizers" / f"fineweb_{m.group(1)}_bpe.model").is_file():
-        return root / "tokenizers" / f"fineweb_{m.group(1)}_bpe.model"
+    m = re.fullmatch(r"fineweb10B_sp(\d+)(_[a-z0-9_]+)?", folder.name)  # sp8192_lossless_caps_caseops_v1_reserved
+    name = f"fineweb_{m.group(1)}_bpe{m.group(2) or ''}.model" if m else ""
+    if m and (root / "tokenizers" / name).is_file():
+        return root / "tokenizers" / name
     return None
 
 
