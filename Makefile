@@ -8,6 +8,8 @@ CORPUS ?= shakespeare
 VAL ?=
 TOKENIZER ?= sp
 VOCAB_SIZE ?= 1024
+CASEOPS ?= 0
+BYTE_SIDECAR ?= 0
 TEXT_FIELD ?= text
 DATA_OUT ?=
 VARIANT ?= sp1024
@@ -32,8 +34,8 @@ AUTHOR ?=
 help:
 	@echo "make train-and-submit   train -> quantise -> size check -> eval -> record (CPU: tiny preset, default corpus)"
 	@echo "make test               the unit tests (CPU)"
-	@echo "make data [CORPUS=... VAL=... TOKENIZER=sp|byte VOCAB_SIZE=1024]"
-	@echo "make data-fineweb VARIANT=sp1024 TRAIN_SHARDS=N"
+	@echo "make data [CORPUS=... VAL=... TOKENIZER=sp|byte VOCAB_SIZE=1024|4096|8192 CASEOPS=0|1 BYTE_SIDECAR=0|1]"
+	@echo "make data-fineweb VARIANT=sp1024|sp4096|sp8192|byte260|sp8192_lossless_caps_caseops_v1_reserved TRAIN_SHARDS=N"
 	@echo "make ablate NAME=x A='ENV=..' B='ENV=..' SEEDS=1,2,3 | make leaderboard | make verify RECORD=path"
 	@echo "make submission RECORD=records/<track>/<record> GITHUB_ID=you [OUT=dir]   (the challenge's PR folder)"
 	@echo "make bundle | make check-size ARTIFACT=path | make bench-{data,train,quant,eval,mixers}"
@@ -48,7 +50,8 @@ install: .deps.stamp
 
 data: install
 	$(PY) -m golf.data.prepare --corpus "$(CORPUS)" --val "$(VAL)" --tokenizer $(TOKENIZER) \
-	    --vocab-size $(VOCAB_SIZE) --text-field "$(TEXT_FIELD)" $(if $(DATA_OUT),--out "$(DATA_OUT)")
+	    --vocab-size $(VOCAB_SIZE) --text-field "$(TEXT_FIELD)" $(if $(DATA_OUT),--out "$(DATA_OUT)") \
+	    $(if $(filter 1,$(CASEOPS)),--caseops) $(if $(filter 1,$(BYTE_SIDECAR)),--byte-sidecar)
 
 data-fineweb: install
 	$(PY) -m golf.data.fineweb --variant $(VARIANT) --train-shards $(TRAIN_SHARDS)

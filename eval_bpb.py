@@ -5,7 +5,7 @@
          --out runs/<id>/eval.json --plot runs/<id>/bpb_vs_position.png --device auto]
     torchrun --nproc_per_node=8 eval_bpb.py --artifact ... --data-path ...   (windows split over ranks)
     TTT_CHUNK_SIZE=48 python eval_bpb.py --artifact ... --data-path ... --ttt lora   (score-first TTT, any of sgd|lora|phased)
-    python eval_bpb.py --audit-bytes --tokenizer data/.../tokenizer.model --text FILE [--max-docs N]
+    python eval_bpb.py --audit-bytes --tokenizer data/.../tokenizer.model --text FILE [--max-docs N] [--data-path DIR]
 
 Settings left out come from the artifact's own config (EVAL_SEQ_LEN, EVAL_STRIDE, EVAL_BATCH_WINDOWS,
 EVAL_CONTEXTS). The training checkpoint is never read: what is scored is what is submitted.
@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--text", default="", help="(audit) .jsonl[.zst|.gz] with a text field, or a plain .txt file")
     p.add_argument("--text-field", default="text", help="(audit) JSON field holding the text")
     p.add_argument("--max-docs", type=int, default=500, help="(audit) documents to check (0 = all)")
+    p.add_argument("--caseops", choices=("auto", "on", "off"), default="auto",
+                   help="(audit) CaseOps text (auto: when the tokenizer reserves its operators)")
     return p.parse_args(argv)
 
 
@@ -54,10 +56,12 @@ def audit(args: argparse.Namespace) -> int:
         raise GolfError("--audit-bytes needs --tokenizer PATH and --text FILE")
     if not os.path.exists(args.text):
         raise GolfError(f"--text {args.text}: no such file; give a .jsonl[.zst|.gz] or .txt file of documents")
-    res = audit_file(args.tokenizer, args.text, max_docs=args.max_docs, text_field=args.text_field)  # raises on a mismatch
+    caseops = None if args.caseops == "auto" else args.caseops == "on"
+    res = audit_file(args.tokenizer, args.text, max_docs=args.max_docs, text_field=args.text_field,
+                     caseops=caseops, data_path=args.data_path)  # raises on a mismatch
     print(f"docs:{res['docs']} tokens:{res['tokens']} lut_bytes:{res['lut_bytes']} "
-          f"decoded_bytes:{res['decoded_bytes']} text_bytes:{res['text_bytes']} "
-          f"tokenizer:{res['tokenizer_kind']} ok:{res['ok']}")
+          f"decoded_bytes:{res['decoded_bytes']} text_bytes:{res['text_bytes']} sidecar_bytes:{res['sidecar_bytes']} "
+          f"tokenizer:{res['tokenizer_kind']} caseops:{res['caseops']} ok:{res['ok']}")
     return 0
 
 

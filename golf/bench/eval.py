@@ -22,7 +22,7 @@ import torch
 from golf.core.config import load_config
 from golf.core.dist import pick_device
 from golf.core.utils import atomic_write_json, device_description, git_commit, main_guard, package_versions
-from golf.data.bpb import Luts, build_luts
+from golf.data.bpb import Luts, data_luts
 from golf.data.folder import load_data_tokenizer, load_split
 from golf.eval.score import evaluate_bpb
 from golf.model.gpt import GPT, count_params
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.data_path:
 
         toks = load_split(args.data_path, "val", vocab_size=h.vocab_size, max_tokens=n)
-        luts = build_luts(load_data_tokenizer(args.data_path), dev)
+        luts = data_luts(args.data_path, load_data_tokenizer(args.data_path), dev, n)
     else:
         toks = np.random.default_rng(0).integers(4, h.vocab_size, size=n).astype(np.uint16)
         toks[:: 1000] = 1  # a BOS now and then, as in real shards

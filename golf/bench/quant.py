@@ -45,7 +45,7 @@ from golf.compress.quant import estimate_artifact_bytes
 from golf.core.checkpoint import load_checkpoint
 from golf.core.config import apply_overrides, load_config
 from golf.core.utils import GolfError, atomic_write_json, device_description, git_commit, main_guard
-from golf.data.bpb import build_luts
+from golf.data.bpb import data_luts
 from golf.data.folder import load_data_tokenizer, load_split
 from golf.eval.score import evaluate_val_loss
 from golf.model.gpt import GPT
@@ -143,7 +143,7 @@ def bench_checkpoint(checkpoint: str, data_path: str, max_tokens: int, device: s
            "groups": rep["groups"]}
     if data_path:
         tok = load_data_tokenizer(data_path)
-        luts = build_luts(tok, torch.device(device))
+        luts = data_luts(data_path, tok, torch.device(device), max_tokens)
         val = load_split(data_path, "val", vocab_size=h.vocab_size, max_tokens=max_tokens)
         seq = h.train_seq_len
         pre = evaluate_val_loss(model.to(device).eval(), val, luts, seq, h.eval_batch_windows, device=device)
@@ -187,7 +187,7 @@ def bench_cross(checkpoint: str, data_path: str, max_tokens: int, device: str,
     if data_path:
         h.data_path = data_path
     tok_sha = str(ck.get("tokenizer_sha256", ""))
-    luts = build_luts(load_data_tokenizer(h.data_path), torch.device(device))
+    luts = data_luts(h.data_path, load_data_tokenizer(h.data_path), torch.device(device), max_tokens)
     val = load_split(h.data_path, "val", vocab_size=h.vocab_size, max_tokens=max_tokens)
     seq = h.train_seq_len
     pre = evaluate_val_loss(model.to(device).eval(), val, luts, seq, h.eval_batch_windows, device=device)

@@ -17,30 +17,61 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from golf.core.utils import GolfError
+from golf.data.folder import load_byte_sidecar
+
 
 @dataclass
 class Luts:
     base_bytes: torch.Tensor  # int16 [V]
     has_leading_space: torch.Tensor  # bool [V]
     is_boundary: torch.Tensor  # bool [V]
+    # The val split's byte sidecar (int32 [N], one entry per token of the stream, BOS 0), when the data
+    # folder has one (CaseOps): a token's bytes are then its original-text bytes, read by position,
+    # not the LUTs' (which would count the transformed text, operators included). golf issue 19.
+    sidecar: torch.Tensor | None = None
 
     @property
     def vocab_size(self) -> int:
         return int(self.base_bytes.numel())
 
     def to(self, device) -> "Luts":
-        return Luts(self.base_bytes.to(device), self.has_leading_space.to(device), self.is_boundary.to(device))
+        return Luts(self.base_bytes.to(device), self.has_leading_space.to(device), self.is_boundary.to(device),
+                    None if self.sidecar is None else self.sidecar.to(device))
+
+    def check_stream(self, num_tokens: int) -> None:
+        """A sidecar must cover the stream it scores (the same val split, the same or a longer prefix)."""
+        if self.sidecar is not None and int(self.sidecar.numel()) < num_tokens:
+            raise GolfError(f"the byte sidecar holds {int(self.sidecar.numel()):,} entries but the val stream "
+                            f"{num_tokens:,} tokens; load both from the same data folder (golf.data.folder.load_byte_sidecar)")
 
 
-def build_luts(tokenizer, device: str | torch.device = "cpu") -> Luts:
+def build_luts(tokenizer, device: str | torch.device = "cpu", sidecar: np.ndarray | None = None) -> Luts:
+    """The byte LUTs of `tokenizer`, and the val split's byte sidecar when given (see Luts.sidecar)."""
     base, space, boundary = tokenizer.bpb_luts()
     return Luts(torch.as_tensor(np.asarray(base, dtype=np.int16), device=device),
                 torch.as_tensor(np.asarray(space, dtype=bool), device=device),
-                torch.as_tensor(np.asarray(boundary, dtype=bool), device=device))
+                torch.as_tensor(np.asarray(boundary, dtype=bool), device=device),
+                None if sidecar is None else torch.as_tensor(np.asarray(sidecar, dtype=np.int32), device=device))
 
 
-def token_bytes(prev_ids: torch.Tensor, tgt_ids: torch.Tensor, luts: Luts) -> torch.Tensor:
-    """Bytes each target token stands for, given the token before it (same shapes; int32)."""
+def data_luts(data_path, tokenizer, device: str | torch.device = "cpu", max_tokens: int = 0) -> Luts:
+    """build_luts for scoring a data folder's val split: with its byte sidecar when it has one
+    (max_tokens: the same prefix as load_split's); a CaseOps folder without one is refused."""
+    return build_luts(tokenizer, device, load_byte_sidecar(data_path, tokenizer, max_tokens))
+
+
+def token_bytes(prev_ids: torch.Tensor, tgt_ids: torch.Tensor, luts: Luts,
+                tgt_pos: torch.Tensor | None = None) -> torch.Tensor:
+    """Bytes each target token stands for, given the token before it (same shapes; int32).
+
+    With a byte sidecar (luts.sidecar) the bytes are looked up by the targets' positions in the val
+    stream, `tgt_pos` (same shape), which every caller passes: without them a sidecar cannot be read."""
+    if getattr(luts, "sidecar", None) is not None:
+        if tgt_pos is None:
+            raise GolfError("token_bytes: this data folder counts bytes from its byte sidecar, by stream "
+                            "position; pass tgt_pos (the targets' positions in the val stream)")
+        return luts.sidecar[torch.as_tensor(tgt_pos, device=luts.sidecar.device).long()].to(torch.int32)
     prev_ids, tgt_ids = prev_ids.long(), tgt_ids.long()
     n = luts.base_bytes[tgt_ids].to(torch.int32)
     n += (luts.has_leading_space[tgt_ids] & ~luts.is_boundary[prev_ids]).to(torch.int32)

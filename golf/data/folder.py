@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from golf.core.utils import GolfError, main_guard, sha256_file
+from golf.data.caseops import IDENTITY, NAME
 from golf.data.shards import read_header, read_shard
 from golf.data.tokenizer import load_tokenizer
 
@@ -186,6 +187,83 @@ def load_split(data_path: str | os.PathLike, split: str, vocab_size: int | None 
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
 
 
+def sidecar_name(index: int) -> str:
+    """A val shard's byte sidecar (the CaseOps record's layout, PR #1729): fineweb_val_bytes_NNNNNN.bin,
+    the shard format with one uint16 per token of fineweb_val_NNNNNN.bin: the original-text UTF-8
+    bytes that token accounts for (BOS 0)."""
+    return f"fineweb_val_bytes_{index:06d}.bin"
+
+
+def text_transform(data_path: str | os.PathLike, tokenizer=None) -> str:
+    """The folder's text transform: its manifest's `text_transform`, else "lossless_caps_caseops_v1"
+    when the tokenizer reserves CaseOps' operators (a challenge-layout CaseOps download), else identity."""
+    if (Path(data_path) / "manifest.json").is_file():
+        name = read_manifest(data_path).get("text_transform")
+        if name:
+            return str(name)
+    return NAME if getattr(tokenizer, "is_caseops", False) else IDENTITY
+
+
+def byte_sidecar_files(data_path: str | os.PathLike) -> list[Path]:
+    """The val split's byte sidecar files, one per val shard in order ([] if the folder has none);
+    each checked to hold exactly as many entries as its shard has tokens."""
+    data_path = Path(data_path)
+    val = split_layout(data_path)["val"]
+    entry = {}
+    if (data_path / "manifest.json").is_file():
+        entry = ((read_manifest(data_path).get("splits") or {}).get("val") or {}).get("byte_sidecar") or {}
+    if entry:
+        names = [f["name"] if isinstance(f, dict) else f for f in entry.get("files") or []]
+    else:
+        # the challenge layout (a CaseOps download): fineweb_val_bytes_NNNNNN.bin beside fineweb_val_NNNNNN.bin
+        names = [sidecar_name(int(re.fullmatch(r"fineweb_val_(\d+)\.bin", f.name).group(1))) for f in val
+                 if re.fullmatch(r"fineweb_val_(\d+)\.bin", f.name)]
+        if not any((data_path / n).is_file() for n in names):
+            return []
+    if len(names) != len(val):
+        raise GolfError(f"{data_path}: {len(names)} byte sidecar file(s) for {len(val)} val shard(s); re-create the "
+                        f"folder with `make data CASEOPS=1`")
+    files = []
+    for name, shard in zip(names, val):
+        if not isinstance(name, str) or Path(name).name != name:
+            raise GolfError(f"{data_path / 'manifest.json'}: byte sidecar entry {name!r} is not a plain file name")
+        path = data_path / name
+        if not path.is_file():
+            raise GolfError(f"{path} not found: the byte sidecar of {shard.name} is missing; re-create the folder "
+                            f"with `make data CASEOPS=1` (or download it again with `make data-fineweb`)")
+        if read_header(path) != read_header(shard):
+            raise GolfError(f"{path} holds {read_header(path):,} entries but {shard.name} {read_header(shard):,} "
+                            f"tokens: the sidecar is not this split's; re-create the folder with `make data CASEOPS=1`")
+        files.append(path)
+    return files
+
+
+def load_byte_sidecar(data_path: str | os.PathLike, tokenizer=None, max_tokens: int = 0) -> np.ndarray | None:
+    """The val split's per-token original bytes (int32, aligned with load_split(data_path, "val")),
+    or None when the folder has no sidecar and BPB counts bytes with the tokenizer's LUTs. A CaseOps
+    folder without its sidecar is refused: its LUT bytes would count the transformed text."""
+    files = byte_sidecar_files(data_path)
+    if not files:
+        transform = text_transform(data_path, tokenizer)
+        if transform != IDENTITY:
+            raise GolfError(
+                f"{Path(data_path) / sidecar_name(0)} not found: {data_path} holds {transform} text, whose BPB must "
+                f"count the original bytes from the val byte sidecar (fineweb_val_bytes_*.bin), not the tokenizer's "
+                f"LUTs; re-create the folder with `make data CASEOPS=1` or download the variant again with "
+                f"`make data-fineweb` (it fetches the sidecar)")
+        return None
+    parts, total = [], 0
+    for f in files:
+        part = read_shard(f)
+        if max_tokens and total + part.size > max_tokens:
+            part = part[: max_tokens - total]
+        parts.append(np.asarray(part, dtype=np.int32))
+        total += part.size
+        if max_tokens and total >= max_tokens:
+            break
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+
+
 def challenge_tokenizer_path(data_path: str | os.PathLike) -> Path | None:
     """Where the challenge's download keeps a dataset's tokenizer: data/datasets/fineweb10B_sp1024 ->
     data/tokenizers/fineweb_1024_bpe.model, as named by data/manifest.json (its dataset entry's
@@ -201,9 +279,10 @@ def challenge_tokenizer_path(data_path: str | os.PathLike) -> Path | None:
                 return root / str(tok[key])
     except (OSError, ValueError, StopIteration, AttributeError, TypeError):
         pass
-    m = re.fullmatch(r"fineweb10B_sp(\d+)", folder.name)
-    if m and (root / "tokenizers" / f"fineweb_{m.group(1)}_bpe.model").is_file():
-        return root / "tokenizers" / f"fineweb_{m.group(1)}_bpe.model"
+    m = re.fullmatch(r"fineweb10B_sp(\d+)(_[a-z0-9_]+)?", folder.name)  # sp8192_lossless_caps_caseops_v1_reserved
+    name = f"fineweb_{m.group(1)}_bpe{m.group(2) or ''}.model" if m else ""
+    if m and (root / "tokenizers" / name).is_file():
+        return root / "tokenizers" / name
     return None
 
 

@@ -8,9 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from golf.core.utils import GolfError, atomic_dir, atomic_write_json, git_commit, main_guard, sha256_file, sweep_stale
+from golf.data.caseops import IDENTITY
+from golf.data.caseops import NAME as CASEOPS_NAME
+from golf.data.caseops import OPERATORS as CASEOPS_OPERATORS
+from golf.data.caseops import encode as caseops_encode
 from golf.data.corpus import corpus_stem, iter_documents, source_files
-from golf.data.folder import SPLITS, read_manifest, shard_name, split_layout
-from golf.data.shards import HEADER_INTS, MAGIC, VERSION, write_shard
+from golf.data.folder import SPLITS, read_manifest, shard_name, sidecar_name, split_layout
+from golf.data.shards import HEADER_INTS, MAGIC, VERSION, read_shard, write_shard
 from golf.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, save_tokenizer, train_sentencepiece
 
 DEFAULT_SHARD_TOKENS = 1 << 24  # 32 MiB a shard: a few files for a wiki shard, one for Shakespeare
@@ -20,11 +24,13 @@ DEFAULT_SHARD_TOKENS = 1 << 24  # 32 MiB a shard: a few files for a wiki shard, 
 # writing a data folder: tokenize documents (in parallel processes) into shards + manifest
 
 _WORKER_TOK = None
+_WORKER_OPTS: dict = {}
 
 
-def _worker_init(kind: str, file_bytes: bytes) -> None:
-    global _WORKER_TOK
+def _worker_init(kind: str, file_bytes: bytes, opts: dict | None = None) -> None:
+    global _WORKER_TOK, _WORKER_OPTS
     _WORKER_TOK = _make_tokenizer(kind, file_bytes)
+    _WORKER_OPTS = dict(opts or {})
 
 
 def _make_tokenizer(kind: str, file_bytes: bytes):
@@ -43,16 +49,47 @@ def encode_docs(tok, texts: list[str]) -> np.ndarray:
     return out
 
 
+def encode_docs_with_bytes(tok, texts: list[str], caseops: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(BOS + tokens for each text, concatenated; the byte sidecar beside them): per token the
+    original-text UTF-8 bytes it accounts for (BOS 0, or the bytes of a document that gave no token).
+    Both uint16; sums to the texts' UTF-8 length (tokenizer.encode_with_bytes)."""
+    enc = tok.encode_with_bytes(texts, caseops=caseops)
+    n = sum(ids.size for ids, _, _ in enc) + len(enc)
+    toks, nbytes = np.empty(n, dtype=np.uint16), np.empty(n, dtype=np.int64)
+    pos = 0
+    for ids, counts, left in enc:
+        toks[pos], nbytes[pos] = tok.bos_id, left
+        toks[pos + 1: pos + 1 + ids.size] = ids
+        nbytes[pos + 1: pos + 1 + ids.size] = counts
+        pos += 1 + ids.size
+    if nbytes.size and nbytes.max() > 0xFFFF:
+        raise GolfError(f"a token accounts for {int(nbytes.max()):,} bytes (a run of whitespace the normaliser "
+                        f"drops?), more than the uint16 byte sidecar holds; clean the document or leave the sidecar off")
+    return toks, nbytes.astype(np.uint16)
+
+
+def _encode(tok, split: str, texts: list[str], opts: dict):
+    """One chunk: (tokens, byte sidecar or None). CaseOps transforms the text first; the val split
+    gets its sidecar when asked (CaseOps always: its LUT bytes would count the transformed text)."""
+    caseops = bool(opts.get("caseops"))
+    if split == "val" and opts.get("byte_sidecar"):
+        return encode_docs_with_bytes(tok, texts, caseops)
+    if caseops:
+        texts = [caseops_encode(t) for t in texts]
+    return encode_docs(tok, texts), None
+
+
 def _encode_chunk(job):
     split, texts = job
-    return split, encode_docs(_WORKER_TOK, texts), len(texts), sum(len(t.encode("utf-8", "replace")) for t in texts)
+    toks, nbytes = _encode(_WORKER_TOK, split, texts, _WORKER_OPTS)
+    return split, toks, nbytes, len(texts), sum(len(t.encode("utf-8", "replace")) for t in texts)
 
 
 class ShardWriter:
     """Buffers a split's tokens and writes full shards `fineweb_<split>_NNNNNN.bin` as they fill."""
 
-    def __init__(self, folder: Path, split: str, shard_tokens: int):
-        self.folder, self.split, self.shard_tokens = folder, split, shard_tokens
+    def __init__(self, folder: Path, split: str, shard_tokens: int, namer=shard_name):
+        self.folder, self.split, self.shard_tokens, self.namer = folder, split, shard_tokens, namer
         self.buf = np.empty(shard_tokens, dtype=np.uint16)
         self.fill = 0
         self.files: list[dict] = []
@@ -78,7 +115,7 @@ class ShardWriter:
         if self.fill:
             import hashlib
 
-            fname = shard_name(self.split, len(self.files))
+            fname = self.namer(self.split, len(self.files))
             path = write_shard(self.folder / fname, self.buf[: self.fill])
             self.files.append({"name": fname, "tokens": int(self.fill),
                                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
@@ -110,25 +147,35 @@ def _chunks_for_bench(texts: list[str], chunk_bytes: int = 1 << 20):
 
 def write_data_folder(out: str | os.PathLike, tokenizer, splits, name: str,
                       shard_tokens: int = DEFAULT_SHARD_TOKENS, workers: int = 1,
-                      manifest_extra: dict | None = None, chunk_bytes: int = 1 << 20) -> dict:
+                      manifest_extra: dict | None = None, chunk_bytes: int = 1 << 20,
+                      caseops: bool = False, byte_sidecar: bool = False) -> dict:
     """Tokenize `splits` = {"train": iterable of texts, "val": ...} (or one iterable of (split, text)
     pairs, so a corpus is read once while it is split) into a complete data folder.
 
     The folder is built under a temporary name and renamed into place at the end (an interrupted run
     leaves nothing under `out`); an existing `out` is replaced. Tokenization runs in `workers`
     processes (chunks of ~1 MB of text, results in order, so the output does not depend on workers).
+    caseops: the documents are CaseOps-encoded before tokenizing (golf.data.caseops; the tokenizer must
+    reserve its operators), and the val split always gets its byte sidecar fineweb_val_bytes_*.bin
+    (byte_sidecar: also without CaseOps), listed in the manifest under splits.val.byte_sidecar.
     Returns the manifest."""
     import time
 
-
     if tokenizer.vocab_size > 2**16:
         raise GolfError(f"vocab size {tokenizer.vocab_size} does not fit uint16 shards; use --vocab-size <= 65536")
+    if caseops and not getattr(tokenizer, "is_caseops", False):
+        raise GolfError("CaseOps text needs a tokenizer that reserves its four operators (user_defined_symbols); "
+                        "train it with `make data CASEOPS=1`")
+    byte_sidecar = byte_sidecar or caseops
+    opts = {"caseops": caseops, "byte_sidecar": byte_sidecar}
     t0 = time.time()
     out = Path(out)
     sweep_stale(out.parent)  # folders of earlier killed runs of this command
     with atomic_dir(out, exist_ok=True) as tmp:
         tok_file = save_tokenizer(tokenizer, tmp).name
         writers = {s: ShardWriter(tmp, s, shard_tokens) for s in SPLITS}
+        # the val sidecar fills its shards in step with the val shards: file i holds shard i's tokens' bytes
+        side = ShardWriter(tmp, "val", shard_tokens, namer=lambda _, i: sidecar_name(i)) if byte_sidecar else None
         if isinstance(splits, dict):
             stream = ((s, text) for s, docs in splits.items() for text in docs)
         else:
@@ -138,13 +185,21 @@ def write_data_folder(out: str | os.PathLike, tokenizer, splits, name: str,
             import multiprocessing as mp
 
             ctx = mp.get_context("spawn")  # no fork: the parent may hold torch/OpenMP threads
-            with ctx.Pool(workers, initializer=_worker_init, initargs=(tokenizer.kind, tokenizer.file_bytes)) as pool:
-                for split, toks, ndocs, nbytes in pool.imap(_encode_chunk, jobs):
+            with ctx.Pool(workers, initializer=_worker_init,
+                          initargs=(tokenizer.kind, tokenizer.file_bytes, opts)) as pool:
+                for split, toks, side_bytes, ndocs, nbytes in pool.imap(_encode_chunk, jobs):
                     writers[split].add(toks, ndocs, nbytes)
+                    if side_bytes is not None:
+                        side.add(side_bytes, ndocs, nbytes)
         else:
             for split, texts in jobs:
-                writers[split].add(encode_docs(tokenizer, texts), len(texts),
-                                   sum(len(t.encode("utf-8", "replace")) for t in texts))
+                toks, side_bytes = _encode(tokenizer, split, texts, opts)
+                nbytes = sum(len(t.encode("utf-8", "replace")) for t in texts)
+                writers[split].add(toks, len(texts), nbytes)
+                if side_bytes is not None:
+                    side.add(side_bytes, len(texts), nbytes)
+        if side is not None:
+            side.flush()
         for s, w in writers.items():
             w.flush()
             if w.docs == 0:
@@ -160,10 +215,19 @@ def write_data_folder(out: str | os.PathLike, tokenizer, splits, name: str,
                           "vocab_size": tokenizer.vocab_size, "bos_id": tokenizer.bos_id},
             "shard_format": {"magic": MAGIC, "version": VERSION, "header_int32": HEADER_INTS, "dtype": "uint16",
                              "doc_prefix": "BOS", "shard_tokens": shard_tokens},
+            "text_transform": CASEOPS_NAME if caseops else IDENTITY,
+            # how BPB counts bytes: the val byte sidecar (original-text bytes per token) or the tokenizer's LUTs
+            "byte_accounting": "sidecar" if byte_sidecar else "luts",
             **(manifest_extra or {}),
             "splits": {s: w.summary() for s, w in writers.items()},
             "seconds": round(time.time() - t0, 2),
         }
+        if side is not None:
+            bytes_total = int(sum(np.asarray(read_shard(tmp / f["name"]), dtype=np.int64).sum() for f in side.files))
+            if bytes_total != writers["val"].text_bytes:  # the sidecar must count the original text exactly
+                raise GolfError(f"the byte sidecar counts {bytes_total:,} bytes but the val documents hold "
+                                f"{writers['val'].text_bytes:,}: a bug in golf.data.caseops.piece_byte_counts")
+            manifest["splits"]["val"]["byte_sidecar"] = {"files": side.files, "bytes": bytes_total}
         atomic_write_json(tmp / "manifest.json", manifest)
         split_layout(tmp)  # the folder reads back as written: disjoint splits, the manifest's counts
     return manifest
@@ -211,7 +275,8 @@ def _nonempty(docs):
 def prepare(corpus: str = "shakespeare", val: str = "", tokenizer: str = "sp", vocab_size: int = 1024,
             out: str | os.PathLike | None = None, text_field: str = "text", val_frac: float = 0.05,
             workers: int = 0, shard_tokens: int = DEFAULT_SHARD_TOKENS,
-            tokenizer_sample_bytes: int = 16_000_000, force: bool = False) -> dict:
+            tokenizer_sample_bytes: int = 16_000_000, force: bool = False, caseops: bool = False,
+            byte_sidecar: bool = False) -> dict:
     """Build a data folder from a corpus (see `python -m golf.data.prepare --help`); returns the manifest.
 
     An existing folder made from the same sources and settings is kept as it is (unless force)."""
@@ -220,10 +285,14 @@ def prepare(corpus: str = "shakespeare", val: str = "", tokenizer: str = "sp", v
 
     if tokenizer not in ("sp", "byte"):
         raise GolfError(f"unknown tokenizer {tokenizer!r}; use --tokenizer sp or --tokenizer byte")
+    if caseops and tokenizer != "sp":
+        raise GolfError("CaseOps (--caseops, CASEOPS=1) needs a SentencePiece tokenizer (--tokenizer sp): it reserves "
+                        "the case operators as pieces")
     if not val and not 0.0 < val_frac < 1.0:
         raise GolfError(f"--val-frac {val_frac} must lie in (0, 1) when no --val corpus is given")
     name = corpus_stem(corpus)
-    out = Path(out) if out else Path("data") / "datasets" / f"{name}_{'sp%d' % vocab_size if tokenizer == 'sp' else 'byte'}"
+    out = Path(out) if out else Path("data") / "datasets" / (
+        f"{name}_{'sp%d' % vocab_size if tokenizer == 'sp' else 'byte'}{'_caseops' if caseops else ''}")
     workers = workers or os.cpu_count() or 1
     t_start = time.time()
     settings = {"corpus": corpus, "val": val or None, "tokenizer": tokenizer,
@@ -231,6 +300,10 @@ def prepare(corpus: str = "shakespeare", val: str = "", tokenizer: str = "sp", v
                 "val_frac": None if val else val_frac, "split_rule": None if val else "blake2b-order-bytes-v1",
                 "shard_tokens": shard_tokens,
                 "tokenizer_sample_bytes": tokenizer_sample_bytes if tokenizer == "sp" else None}
+    if caseops:  # only when set, so folders made before these settings existed stay up to date
+        settings["text_transform"] = CASEOPS_NAME
+    if byte_sidecar or caseops:
+        settings["byte_sidecar"] = True
     corpus_sources = _sources(corpus)
     val_sources = _sources(val) if val else None
     if (out / "manifest.json").is_file() and not force:
@@ -257,12 +330,15 @@ def prepare(corpus: str = "shakespeare", val: str = "", tokenizer: str = "sp", v
         t0 = time.time()
         lines, size = [], 0
         for text in train_docs():
+            if caseops:  # the tokenizer learns the transformed text, operators reserved (PR #1729)
+                text = caseops_encode(text)
             for line in text.split("\n"):  # SentencePiece drops over-long "sentences": feed paragraphs
                 lines.append(line)
                 size += len(line)
             if size >= tokenizer_sample_bytes:
                 break
-        tok = train_sentencepiece(lines, vocab_size, num_threads=workers)
+        tok = train_sentencepiece(lines, vocab_size, num_threads=workers,
+                                  user_defined_symbols=CASEOPS_OPERATORS if caseops else ())
         tok_info = {"sample_chars": size, "sample_lines": len(lines), "seconds": round(time.time() - t0, 2),
                     "note": "the first tokenizer_sample_bytes of training text, split into lines"}
         print(f"tokenizer: SentencePiece BPE {tok.vocab_size} trained on {size / 1e6:.1f} MB in "
@@ -288,7 +364,7 @@ def prepare(corpus: str = "shakespeare", val: str = "", tokenizer: str = "sp", v
             "tokenizer_training": tok_info,
             "settings": settings,
             "workers": workers,
-        })
+        }, caseops=caseops, byte_sidecar=byte_sidecar)
     secs = time.time() - t0
     total_bytes = sum(manifest["splits"][s]["text_bytes"] for s in SPLITS)
     for s in SPLITS:
@@ -319,11 +395,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokenizer-sample-mb", type=float, default=16.0,
                    help="MB of training text the SentencePiece model is trained on")
     p.add_argument("--force", action="store_true", help="rebuild even if the folder is already up to date")
+    p.add_argument("--caseops", action="store_true",
+                   help="CaseOps (PR #1729): train the tokenizer on and tokenize the case-transformed text; the val "
+                        "split gets its byte sidecar, so BPB counts the original bytes")
+    p.add_argument("--byte-sidecar", action="store_true",
+                   help="write the val byte sidecar without CaseOps too (BPB then counts the original text's bytes, "
+                        "not the normalised text's)")
     args = p.parse_args(argv)
     main_guard(prepare)(corpus=args.corpus, val=args.val, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                         out=args.out or None, text_field=args.text_field, val_frac=args.val_frac,
                         workers=args.workers, shard_tokens=args.shard_tokens,
-                        tokenizer_sample_bytes=int(args.tokenizer_sample_mb * 1e6), force=args.force)
+                        tokenizer_sample_bytes=int(args.tokenizer_sample_mb * 1e6), force=args.force,
+                        caseops=args.caseops, byte_sidecar=args.byte_sidecar)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ from typing import Iterable
 import numpy as np
 
 from golf.core.utils import GolfError, atomic_write_bytes, sha256_bytes
+from golf.data.caseops import OPERATORS
+from golf.data.caseops import encode as caseops_encode
+from golf.data.caseops import piece_byte_counts
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 
@@ -74,6 +77,15 @@ class ByteTokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         return [self.encode_np(t) for t in texts]
+
+    is_caseops = False
+
+    def encode_with_bytes(self, texts: list[str], caseops: bool = False, num_threads: int = 1) -> list[tuple]:
+        """(ids, original UTF-8 bytes per token, bytes no token holds) per text: one byte a token."""
+        if caseops:
+            raise GolfError("CaseOps needs a SentencePiece tokenizer (the byte tokenizer has no operator pieces); "
+                            "use --tokenizer sp or leave CASEOPS off")
+        return [(ids, np.ones(ids.size, dtype=np.int64), 0) for ids in self.encode_batch(texts)]
 
     def decode(self, ids: Iterable[int]) -> str:
         a = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)
@@ -153,6 +165,33 @@ class SentencePieceTokenizer:
             out.append(ids)
         return out
 
+    @property
+    def is_caseops(self) -> bool:
+        """The model reserves CaseOps' four operators as single pieces (a tokenizer for CaseOps text)."""
+        if not hasattr(self, "_is_caseops"):
+            ids = [self.sp.piece_to_id(op) for op in OPERATORS]
+            self._is_caseops = all(i != self.unk_id and self.sp.encode(op, out_type=int) == [i]
+                                   for i, op in zip(ids, OPERATORS))
+        return self._is_caseops
+
+    def encode_with_bytes(self, texts: list[str], caseops: bool = False, num_threads: int = 1) -> list[tuple]:
+        """Per text: (ids, original UTF-8 bytes each token accounts for, bytes no token holds). With
+        caseops the text is CaseOps-encoded first and the operators count 0 bytes; either way the
+        counts sum to len(text.encode('utf-8', 'replace')) (golf.data.caseops.piece_byte_counts: the
+        whitespace the normaliser drops goes to a neighbouring token). Whole documents through
+        SentencePiece's offset mapping, so the ids are exactly sp.encode(doc)'s."""
+        raw = [t.encode("utf-8", errors="replace") for t in texts]  # lone surrogates -> '?', as text_bytes
+        if caseops:
+            raw = [caseops_encode(r.decode("utf-8")).encode("utf-8") for r in raw]
+        maps = self.sp.encode([r.decode("utf-8") for r in raw], return_type="offset_mapping", return_bytes=True,
+                              num_threads=num_threads)
+        out = []
+        for r, m in zip(raw, maps):
+            ids = np.asarray(m["ids"], dtype=np.int64)
+            counts, left = piece_byte_counts(r, [e for _, e in m["offsets"]], caseops)
+            out.append((ids, counts, left))
+        return out
+
     def _sentinel(self) -> int | None:
         if not hasattr(self, "_sentinel_id"):
             ids = self.sp.encode("a", out_type=int)
@@ -191,11 +230,13 @@ Tokenizer = ByteTokenizer | SentencePieceTokenizer
 
 
 def train_sentencepiece(texts: Iterable[str], vocab_size: int = 1024, num_threads: int | None = None,
-                        max_sentence_length: int = 1 << 16) -> SentencePieceTokenizer:
+                        max_sentence_length: int = 1 << 16,
+                        user_defined_symbols: Iterable[str] = ()) -> SentencePieceTokenizer:
     """Train a BPE model with the challenge's settings on `texts` (each a sentence/paragraph).
 
     SentencePiece silently drops sentences longer than max_sentence_length bytes, so callers should
-    pass paragraphs (split documents on '\\n'), not whole documents."""
+    pass paragraphs (split documents on '\\n'), not whole documents. user_defined_symbols (CaseOps'
+    operators) are always one piece each, never merged into others (PR #1729's reserved tokenizer)."""
     import sentencepiece as spm
 
     if vocab_size not in SP_VOCAB_SIZES:
@@ -214,7 +255,8 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int = 1024, num_thread
         spm.SentencePieceTrainer.train(
             sentence_iterator=gen(), model_writer=buf, vocab_size=vocab_size,
             num_threads=num_threads or max(1, os.cpu_count() or 1), max_sentence_length=max_sentence_length,
-            minloglevel=2, **SP_TRAINER_SETTINGS)
+            minloglevel=2, **SP_TRAINER_SETTINGS,
+            **({"user_defined_symbols": list(user_defined_symbols)} if user_defined_symbols else {}))
     except RuntimeError as e:
         raise GolfError(f"SentencePiece training failed on {n[0]} text lines ({e}); give it more text "
                         f"or a smaller --vocab-size") from None

@@ -35,7 +35,7 @@ from torch import Tensor
 from golf.compress.artifact import load_artifact
 from golf.core.dist import pick_device
 from golf.core.utils import GolfError
-from golf.data.bpb import bits_per_byte, build_luts, token_bytes
+from golf.data.bpb import bits_per_byte, data_luts, token_bytes
 from golf.data.folder import load_data_tokenizer, load_split, read_manifest
 from golf.data.folder import tokenizer_path as folder_tokenizer_path
 from golf.eval.report import build_report
@@ -181,6 +181,8 @@ def evaluate_bpb(
     scored_t = torch.from_numpy(n_scored[mine]).to(device)
     stream = stream.to(device)
     luts = luts.to(device) if hasattr(luts, "to") else luts
+    if hasattr(luts, "check_stream"):
+        luts.check_stream(stream.numel())
 
     was_training = model.training
     model.eval()
@@ -221,7 +223,8 @@ def evaluate_bpb(
         zero = torch.zeros((), dtype=torch.float64, device=device)
         pos_loss[tail] += torch.where(mask, nll.double(), zero).sum(0)  # where, not *: 0 * inf would be nan
         pos_tok[tail] += mask.sum(0)
-        pos_bytes[tail] += torch.where(mask, token_bytes(x[:, tail], y[:, tail], luts).double(), zero).sum(0)
+        tgt_pos = (s[:, None] + 1 + pos[None, tail])  # the targets' stream positions (a byte sidecar's index)
+        pos_bytes[tail] += torch.where(mask, token_bytes(x[:, tail], y[:, tail], luts, tgt_pos).double(), zero).sum(0)
         if target_loss is not None:
             target_loss[(s[:, None] + pos[None, tail])[mask]] = nll.double()[mask]
 
@@ -283,7 +286,7 @@ def evaluate_bpb_reference(
         y = stream[start + 1:end + 1].to(device)
         logits = model(x[None])[0].double()  # [seq_len, V]
         nll = -torch.log_softmax(logits, dim=-1).gather(-1, y[:, None])[:, 0]
-        nbytes = token_bytes(x, y, luts)
+        nbytes = token_bytes(x, y, luts, torch.arange(start + 1, end + 1, device=device))
         for p in range(done - start, seq_len):  # window positions of targets done .. end-1
             pos_loss[p] += float(nll[p])
             pos_tok[p] += 1
@@ -455,7 +458,7 @@ def score(
     tok_file = tokenizer_path or folder_tokenizer_path(data_path)
     tok = load_data_tokenizer(data_path, tok_file)
     tokenizer_sha = check_artifact_matches_data(artifact, meta, data_path, tok, tok_file)
-    luts = build_luts(tok, dev)
+    luts = data_luts(data_path, tok, dev, max_tokens)  # the val byte sidecar when the folder has one
     vocab = int(meta["model_config"]["vocab_size"])
     val = load_split(data_path, "val", vocab_size=vocab, max_tokens=max_tokens)
     if val.size < seq_len + 1:

@@ -189,6 +189,8 @@ class ScoreFirstSGD:
         stream = _as_long_tensor(tokens)
         starts, n_scored = window_plan(stream.numel(), self.seq_len, self.stride)
         luts = luts.to(device) if hasattr(luts, "to") else luts
+        if hasattr(luts, "check_stream"):
+            luts.check_stream(stream.numel())
         model = copy.deepcopy(model).to(device).eval()  # the artifact's model stays as loaded
         params = [p for p in model.parameters() if p.is_floating_point()]
         for p in params:
@@ -212,7 +214,7 @@ class ScoreFirstSGD:
                     nll, x, y = _window_losses(model, stream, bs, self.seq_len, device, amp)
                     mask = pos[None] >= (self.seq_len - torch.as_tensor(bn, device=device))[:, None]  # last n
                     targets = torch.as_tensor(bs, device=device)[:, None] + pos[None]
-                    tally.add(pos.expand_as(nll), nll, token_bytes(x, y, luts), mask, targets)
+                    tally.add(pos.expand_as(nll), nll, token_bytes(x, y, luts, targets + 1), mask, targets)
             tally.step([(first, last)])  # targets [first, last) scored at this step
             done = last
             if adapt and not self.train_before_score:
@@ -318,6 +320,8 @@ class PerDocTTT:
         device = torch.device(device)
         stream = _as_long_tensor(tokens)
         luts = luts.to(device) if hasattr(luts, "to") else luts
+        if hasattr(luts, "check_stream"):
+            luts.check_stream(stream.numel())
         starts, ns = find_docs(stream)
         batches = doc_batches(ns, self.batch_docs)
         phase_ends = self._phase_ends(batches)
@@ -415,7 +419,9 @@ class PerDocTTT:
             with torch.no_grad():
                 xg, yg = x.gather(1, pos), y.gather(1, pos)
                 targets = torch.as_tensor(s + a, device=device)[:, None] + cpos[None]
-                tally.add(off[:, None] + cpos[None], nll, token_bytes(xg, yg, luts), mask, targets)
+                # a byte sidecar is read by the targets' stream positions; padding (masked) stays in range
+                tgt_pos = torch.where(mask, targets + 1, torch.ones_like(targets))
+                tally.add(off[:, None] + cpos[None], nll, token_bytes(xg, yg, luts, tgt_pos), mask, targets)
             tally.step([(int(s[i] + a[i]), int(s[i] + e[i])) for i in range(len(rows))] if self.record else [])
             info["windows"] += len(rows)
             if train and not self.train_before_score:

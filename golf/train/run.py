@@ -18,7 +18,7 @@ from golf.core.checkpoint import load_checkpoint
 from golf.core.config import Hyperparameters
 from golf.core.dist import Dist, teardown
 from golf.core.utils import GolfError
-from golf.data.bpb import build_luts
+from golf.data.bpb import data_luts
 from golf.data.folder import load_data_tokenizer, load_split
 from golf.eval.report import plot_bpb_vs_position, summary, write_report
 from golf.eval.score import evaluate_contexts, score
@@ -48,7 +48,7 @@ def prequant_score(h: Hyperparameters, final: Path, d: Dist) -> dict[str, Any]:
     VAL_MAX_TOKENS prefix; set beside the full-split round trip it misstates the quantisation gap."""
     model, _ = model_from_checkpoint(load_checkpoint(final, final=True), final)
     model = model.to(d.device)
-    luts = build_luts(load_data_tokenizer(h.data_path, h.tokenizer_path or None), d.device)
+    luts = data_luts(h.data_path, load_data_tokenizer(h.data_path, h.tokenizer_path or None), d.device)
     val = load_split(h.data_path, "val", h.vocab_size)
     t0 = time.perf_counter()
     res = evaluate_contexts(model, val, luts, [h.eval_seq_len], stride=0,

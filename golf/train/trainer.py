@@ -41,7 +41,7 @@ from golf.core.config import BYTES_CAP
 from golf.core.dist import Dist, setup, teardown
 from golf.core.utils import (GolfError, RunLog, atomic_path, atomic_write_json, compile_stats, device_description,
                              git_commit, now_stamp, sweep_stale)
-from golf.data.bpb import bits_per_byte, build_luts, token_bytes
+from golf.data.bpb import bits_per_byte, data_luts, token_bytes
 from golf.data.folder import load_data_tokenizer, load_split
 from golf.data.loader import TokenLoader
 from golf.model.gpt import GPT, layer_mixers
@@ -200,7 +200,8 @@ def evaluate_val(model: nn.Module, val: np.ndarray, luts, seq_len: int, batch_se
             ce = model(x, y, reduction="none").float()
         sums[0] += ce.sum().double()
         sums[1] += ce.numel()
-        sums[2] += token_bytes(x, y, luts).sum().double()
+        tgt_pos = torch.from_numpy(offs[:, 1:]).to(d.device)  # stream positions: a byte sidecar's index
+        sums[2] += token_bytes(x, y, luts, tgt_pos).sum().double()
     if d.on:
         dist.all_reduce(sums)
     model.train(was_training)
@@ -411,7 +412,7 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
     if tokenizer.vocab_size > h.vocab_size:
         raise GolfError(f"tokenizer {h.tokenizer_path or h.data_path} has {tokenizer.vocab_size} tokens but "
                         f"VOCAB_SIZE={h.vocab_size}; set VOCAB_SIZE={tokenizer.vocab_size}")
-    luts = build_luts(tokenizer, d.device)
+    luts = data_luts(h.data_path, tokenizer, d.device, h.val_max_tokens)  # + the val byte sidecar, if any
     val = load_split(h.data_path, "val", h.vocab_size, max_tokens=h.val_max_tokens)  # uint16, memory-mapped
     micro_seqs, accum = batch_layout(h, d.world_size, d.device.type)
     loader = TokenLoader.from_data_path(h.data_path, h.vocab_size, seq_len=h.train_seq_len,

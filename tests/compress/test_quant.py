@@ -161,3 +161,23 @@ def test_estimate_has_group_breakdown_and_flags_oversize():
     assert est["fits"] and 12e6 < est["total"] < 16e6  # the record preset fits the cap
     big = _h(num_layers=16, quant_mlp_bits=8)
     assert not estimate_artifact_bytes(GPT(big.model_config()), big, code_bytes=50_000)["fits"]
+
+
+@pytest.mark.parametrize("tie", [1, 0])
+def test_estimate_and_quant_groups_scale_with_vocab_size(tie):
+    """SP8192 (golf issue 19): the embedding (and an untied head) is 8x the rows at 8192 pieces, and the
+    pre-flight and the quantiser's embed group both count them."""
+    ests, plans = {}, {}
+    for vocab in (1024, 8192):
+        h = _h(vocab_size=vocab, tie_embeddings=tie, num_layers=2)
+        model = GPT(h.model_config())
+        ests[vocab], plans[vocab] = estimate_artifact_bytes(model, h, code_bytes=0), quant_plan(model, h)
+        emb = [p for p in model.parameters() if p.ndim == 2 and p.shape[0] == vocab]
+        assert ests[vocab]["groups"]["embed"]["params"] == sum(p.numel() for p in emb if getattr(p, "_golf_quant", "") == "embed")
+    d = _h().model_dim
+    extra = (8192 - 1024) * d * (1 if tie else 2)  # untied: the head's rows are in the embed group too
+    e1, e8 = ests[1024]["groups"]["embed"], ests[8192]["groups"]["embed"]
+    assert e8["params"] - e1["params"] == extra
+    assert e8["bits"] == e1["bits"] and 7.9 * e1["bytes"] < e8["bytes"] < 8.1 * e1["bytes"]
+    assert ests[8192]["total"] - ests[1024]["total"] >= e8["bytes"] - e1["bytes"]
+    assert set(plans[8192]) == set(plans[1024])  # same tensors, same widths: only their sizes grew

@@ -113,3 +113,33 @@ def test_challenge_tokenizer_found_by_published_name_without_manifest(tmp_path):
     (tmp_path / "data" / "tokenizers" / "fineweb_1024_bpe.model").write_bytes(b"x")
     assert tokenizer_path(ds) == tmp_path / "data" / "tokenizers" / "fineweb_1024_bpe.model"
     assert tokenizer_path(str(ds) + "/") == tmp_path / "data" / "tokenizers" / "fineweb_1024_bpe.model"  # DATA_PATH=.../
+
+
+def test_caseops_variant_fetches_its_byte_sidecar_and_merges_manifests(tmp_path):
+    """sp8192_lossless_caps_caseops_v1_reserved (PR #1729's export) lives in another repo than sp1024/byte260:
+    its manifest is merged into data/manifest.json and its val byte sidecar comes along."""
+    assert fineweb.repo_for("sp8192_lossless_caps_caseops_v1_reserved") == "romeerp/parameter-golf-caseops-v1" or \
+        fineweb.os.environ.get("MATCHED_FINEWEB_REPO_ID")
+    assert fineweb.dataset_name("sp8192_lossless_caps_caseops_v1_reserved") == \
+        "fineweb10B_sp8192_lossless_caps_caseops_v1_reserved"
+    local = tmp_path / "data"
+    fineweb.download("byte260", 1, local, FakeHub(make_fake_hub(tmp_path / "hub")))
+    hub2 = tmp_path / "hub2"
+    name = "fineweb10B_sp8192_lossless_caps_caseops_v1_reserved"
+    ds = hub2 / fineweb.REMOTE_ROOT / "datasets" / name
+    write_shard(ds / "fineweb_train_000000.bin", np.arange(4, 200) % 250 + 4)
+    write_shard(ds / "fineweb_val_000000.bin", np.r_[1, np.arange(4, 50)])
+    write_shard(ds / "fineweb_val_bytes_000000.bin", np.r_[0, np.ones(46, dtype=int)])
+    ByteTokenizer().save(hub2 / fineweb.REMOTE_ROOT / "tokenizers" / "caseops.json")
+    (hub2 / fineweb.REMOTE_ROOT / "manifest.json").write_text(json.dumps({
+        "datasets": [{"name": name, "tokenizer_name": "cz", "val_bytes_glob": "x/fineweb_val_bytes_*.bin",
+                      "stats": {"files_train": 1, "files_val": 1}}],
+        "tokenizers": [{"name": "cz", "path": "tokenizers/caseops.json"}]}))
+    info = fineweb.download("sp8192_lossless_caps_caseops_v1_reserved", 1, local, FakeHub(hub2))
+    merged = json.loads((local / "manifest.json").read_text())
+    assert {d["name"] for d in merged["datasets"]} == {"fineweb10B_byte260", name}
+    assert (Path(info["data_path"]) / "fineweb_val_bytes_000000.bin").is_file()
+    from golf.data.folder import load_byte_sidecar
+
+    assert load_byte_sidecar(info["data_path"]).tolist() == [0] + [1] * 46
+    assert [f.name for f in shard_files(info["data_path"], "val")] == ["fineweb_val_000000.bin"]
