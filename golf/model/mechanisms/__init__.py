@@ -16,6 +16,7 @@ from golf.model.mechanisms.memory_tokens import MemoryTokens
 from golf.model.mechanisms.persistent import PersistentMemory
 from golf.model.mechanisms.sliding_window import SlidingWindowAttention
 from golf.model.mechanisms.stream import StreamMixer
+from golf.model.mechanisms.ttt_linear import TTTLinear
 from golf.model.mechanisms.weight_tied import WeightTiedDepth
 from golf.model.mixer import ModelMechanism, SequenceMixer
 
@@ -25,6 +26,7 @@ MIXERS: dict[str, type[SequenceMixer]] = {
     "stream": StreamMixer,
     "deltanet": GatedDeltaNet,
     "hypermix": HyperMixing,
+    "ttt_linear": TTTLinear,
 }
 
 MECHANISMS: dict[str, type[ModelMechanism]] = {
