@@ -117,22 +117,31 @@ class GPT(nn.Module):
     # ------------------------------------------------------------------------------------------
     def hidden(self, idx: Tensor) -> Tensor:
         """idx [B, T] -> final-normed hidden states of the real tokens [B, T, D]."""
-        B, T = idx.shape
         x = self.tok_emb(idx)
         if self.bigram is not None:
             x = x + self.bigram(idx)
         x = rms_norm(x)
         if self.smear is not None:
             x = self.smear(x, idx)
+        for m in self.mechanisms.values():  # a mechanism may run the stack itself (RMT: segment by segment)
+            out = m.run_stack(x, idx == BOS_ID, self.stack)
+            if out is not None:
+                return rms_norm(out)
+        return rms_norm(self.stack(x, idx == BOS_ID))
+
+    def stack(self, x: Tensor, doc_start: Tensor, num_memory: int = 0) -> Tensor:
+        """The blocks: embeddings x [B, T, D] -> the last block's output [B, T, D] (not normed; the
+        mechanisms' prefix added and dropped here). doc_start [B, T] is True at BOS; the first
+        num_memory positions of x are memory, visible to every position like a prefix."""
+        B, T = doc_start.shape
         mechs = tuple(self.mechanisms.values())
         for m in mechs:
             x = m.prefix(x)
         P = x.shape[1] - T
-        doc_start = idx == BOS_ID
         if P:
             doc_start = torch.cat([doc_start.new_zeros(B, P), doc_start], dim=1)
         cos, sin = self.rotary(P + T, x.device)
-        ctx = MixerContext(cos=cos, sin=sin, num_prefix=P, doc_start=doc_start, mechanisms=mechs)
+        ctx = MixerContext(cos=cos, sin=sin, num_prefix=P + num_memory, doc_start=doc_start, mechanisms=mechs)
 
         x0, skips = x, []
         for i, b in enumerate(self.schedule):
@@ -143,7 +152,7 @@ class GPT(nn.Module):
             x = self.blocks[b](x, x0, ctx, 1.0 / math.sqrt(i + 1) if self.ln_scale else 1.0)
             if self.skip_weights is not None and i < self.num_encoder:
                 skips.append(x)
-        return rms_norm(x[:, P:])
+        return x[:, P:]
 
     def logits_from_hidden(self, x: Tensor, head: nn.Module | None = None) -> Tensor:
         if head is not None:

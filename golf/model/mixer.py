@@ -14,7 +14,7 @@ Untagged parameters are classified by shape: 2-D -> ("other", "matrix"), else ("
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -121,8 +121,9 @@ class SequenceMixer(nn.Module):
 class ModelMechanism(nn.Module):
     """Base class. Subclasses set `name`, implement `enabled(cfg)` and override the hooks they need.
 
-    Order in GPT.forward: embeddings -> prefix() -> for each logical layer i: layer_input(x, i),
-    block (its attention calls attention_extra(unique_block_idx, q)) -> drop the prefix -> logits.
+    Order in GPT.forward: embeddings -> [run_stack(), which may call the stack per segment] -> stack:
+    prefix() -> for each logical layer i: layer_input(x, i), block (its attention calls
+    attention_extra(unique_block_idx, q)) -> drop the prefix -> logits.
     """
 
     name: ClassVar[str] = ""
@@ -158,4 +159,15 @@ class ModelMechanism(nn.Module):
 
     def attention_extra(self, layer_idx: int, q: Tensor) -> Tensor | None:
         """Extra per-head attention output [B, H, T, hd] for attention module `layer_idx`."""
+        return None
+
+    # False: golf/eval/generate.py must not decode this model incrementally (full recompute instead)
+    incremental: bool = True
+
+    def run_stack(self, x: Tensor, doc_start: Tensor, stack: Callable[..., Tensor]) -> Tensor | None:
+        """Run the blocks yourself, or None (the backbone runs them once over the whole sequence).
+        x [B, T, D]: the embeddings; doc_start [B, T]: True at BOS. `stack(x', doc_start', num_memory)`
+        runs every block (with the other mechanisms' hooks) over any [B, T', D] input whose first
+        num_memory positions are memory, returning [B, T', D] before the final norm. Must return the
+        last block's output for the T real positions [B, T, D] (RMT: segments with carried memory)."""
         return None

@@ -14,6 +14,7 @@ from golf.model.mechanisms.deltanet import GatedDeltaNet
 from golf.model.mechanisms.hypermixing import HyperMixing
 from golf.model.mechanisms.memory_tokens import MemoryTokens
 from golf.model.mechanisms.persistent import PersistentMemory
+from golf.model.mechanisms.rmt import RecurrentMemory
 from golf.model.mechanisms.sliding_window import SlidingWindowAttention
 from golf.model.mechanisms.stream import StreamMixer
 from golf.model.mechanisms.ttt_linear import TTTLinear
@@ -33,6 +34,7 @@ MECHANISMS: dict[str, type[ModelMechanism]] = {
     "memory_tokens": MemoryTokens,
     "persistent_memory": PersistentMemory,
     "weight_tied": WeightTiedDepth,
+    "rmt": RecurrentMemory,
 }
 
 
