@@ -75,6 +75,12 @@ class GPTConfig:
     deltanet_chunk: int = 64
     deltanet_heads: int = 0  # 0 = num_heads
     hypermix_hidden: int = 0  # 0 = model_dim // 2
+    ttt_linear_chunk: int = 16  # TTT-Linear's mini-batch size (tokens per inner gradient step)
+    ttt_linear_heads: int = 0  # 0 = num_heads
+    ttt_linear_lr: float = 1.0  # TTT-Linear's base inner LR (times a learned per-token sigmoid / head dim)
+    rmt_memory: int = 0  # Recurrent Memory Transformer: memory tokens carried from segment to segment; 0 = off
+    rmt_segment: int = 256  # RMT: tokens per segment
+    rmt_bptt: int = -1  # RMT: segment transitions gradients flow back through (the last k); -1 = all
     mtp_loss_weight: float = 0.1
     mtp_decay: float = 0.5  # weight of head k is mtp_loss_weight * mtp_decay**(k-1)
     train_seq_len: int = 1024
@@ -284,7 +290,9 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "bigram_vocab_size": (0, None), "bigram_dim": (1, None), "mtp_num_heads": (0, None), "persistent_memory": (0, None),
     "attn_window": (0, None), "attn_window_frac": (_POS, 1), "global_every": (1, None), "unique_layers": (0, None),
     "stream_num_streams": (1, None), "stream_chunk": (1, None), "deltanet_chunk": (1, None), "deltanet_heads": (0, None),
-    "hypermix_hidden": (0, None), "mtp_loss_weight": (0, None), "mtp_decay": (0, None), "train_seq_len": (1, None),
+    "hypermix_hidden": (0, None), "ttt_linear_chunk": (1, None), "ttt_linear_heads": (0, None),
+    "ttt_linear_lr": (0, None), "rmt_memory": (0, None), "rmt_segment": (1, None), "rmt_bptt": (-1, None),
+    "mtp_loss_weight": (0, None), "mtp_decay": (0, None), "train_seq_len": (1, None),
     "val_max_tokens": (0, None), "train_batch_tokens": (1, None), "grad_accum_steps": (0, None),
     "micro_batch_seqs": (0, None), "iterations": (0, None), "max_wallclock_seconds": (0, None),
     "compile_warmup_steps": (0, None), "lr_warmup_frac": (0, 1), "warmdown_frac": (0, 1), "min_lr": (0, 1),

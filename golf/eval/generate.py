@@ -138,6 +138,8 @@ def incremental_supported(model: nn.Module) -> bool:
     blocks = getattr(model, "blocks", None)
     if blocks is None or not hasattr(model, "hidden") or not hasattr(model, "logits_from_hidden"):
         return False
+    if not all(getattr(m, "incremental", True) for m in getattr(model, "mechanisms", {}).values()):
+        return False  # e.g. RMT: segments with carried memory, decoded by full recompute
     return all(_mixer_kind(b.mixer) is not None for b in blocks)
 
 

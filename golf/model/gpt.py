@@ -160,23 +160,34 @@ class GPT(nn.Module):
     # ------------------------------------------------------------------------------------------
     def hidden(self, idx: Tensor) -> Tensor:
         """idx [B, T] -> final-normed hidden states of the real tokens [B, T, D]."""
-        B, T = idx.shape
         x = self.tok_emb(idx)
         if self.bigram is not None:
             x = x + self.bigram(idx)
         x = rms_norm(x)
         if self.smear is not None:
             x = self.smear(x, idx)
+        for m in self.mechanisms.values():  # a mechanism may run the stack itself (RMT: segment by segment)
+            out = m.run_stack(x, idx == BOS_ID, self.stack)
+            if out is not None:
+                return rms_norm(out)
+        return rms_norm(self.stack(x, idx == BOS_ID))
+
+    def stack(self, x: Tensor, doc_start: Tensor, num_memory: int = 0) -> Tensor:
+        """The blocks: embeddings x [B, T, D] -> the last block's output [B, T, D] (not normed; the
+        mechanisms' prefix added and dropped here). doc_start [B, T] is True at BOS; the first
+        num_memory positions of x are memory, visible to every position like a prefix."""
+        B, T = doc_start.shape
         mechs = tuple(self.mechanisms.values())
         for m in mechs:
             x = m.prefix(x)
         P = x.shape[1] - T
-        doc_start = idx == BOS_ID
         if P:
             doc_start = torch.cat([doc_start.new_zeros(B, P), doc_start], dim=1)
         cos, sin = self.rotary(P + T, x.device)
-        ctx = MixerContext(cos=cos, sin=sin, num_prefix=P, doc_start=doc_start, mechanisms=mechs,
-                           doc_ids=document_ids(idx, P) if self.cfg.doc_attention else None)
+        # memory positions (the mechanisms' prefix, RMT's memory) are no document: id -1
+        ctx = MixerContext(cos=cos, sin=sin, num_prefix=P + num_memory, doc_start=doc_start, mechanisms=mechs,
+                           doc_ids=document_ids(doc_start[:, P + num_memory:], P + num_memory)
+                           if self.cfg.doc_attention else None)
 
         # s: position in the run order, i: its logical layer (ln scale, lane weights, mechanisms, block via schedule).
         # From layer K on (parallel lanes) x is the attention lane, which the skips feed, and lane_m the MLP lane.
@@ -207,7 +218,7 @@ class GPT(nn.Module):
         if lane_m is not None:
             x = lane_m if self.parallel_final_lane == "mlp" else x if self.parallel_final_lane == "attn" else \
                 0.5 * (x + lane_m)
-        return rms_norm(x[:, P:])
+        return x[:, P:]
 
     def logits_from_hidden(self, x: Tensor, head: nn.Module | None = None) -> Tensor:
         if head is not None:

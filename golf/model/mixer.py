@@ -14,13 +14,12 @@ Untagged parameters are classified by shape: 2-D -> ("other", "matrix"), else ("
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from golf.core.config import GPTConfig
-from golf.data.shards import BOS_ID
 
 QUANT_GROUPS = ("mlp", "attn", "embed", "other", "control")
 OPTIM_GROUPS = ("matrix", "embed", "scalar", "memory")
@@ -82,15 +81,15 @@ class MixerContext:
         return out
 
 
-def document_ids(idx: Tensor, num_prefix: int = 0) -> Tensor:
-    """idx [B, T] -> long [B, num_prefix + T]: the document of each position (DOC_ATTENTION=1).
+def document_ids(bos: Tensor, num_prefix: int = 0) -> Tensor:
+    """bos [B, T] (True at BOS) -> long [B, num_prefix + T]: the document of each position (DOC_ATTENTION=1).
     Documents are BOS + tokens, so the id is the running count of BOS; a row that starts mid-document
     has its first segment as one document (id 0). Prefix positions (memory tokens) get -1: they are
     learned parameters, not text, so which document may see them is each mixer's rule (attention:
     every document; recurrent state: none, see doc_resets)."""
-    ids = (idx == BOS_ID).to(torch.int64).cumsum(dim=1)
+    ids = bos.to(torch.int64).cumsum(dim=1)
     if num_prefix:
-        ids = torch.cat([ids.new_full((idx.shape[0], num_prefix), -1), ids], dim=1)
+        ids = torch.cat([ids.new_full((bos.shape[0], num_prefix), -1), ids], dim=1)
     return ids
 
 
@@ -155,8 +154,9 @@ class SequenceMixer(nn.Module):
 class ModelMechanism(nn.Module):
     """Base class. Subclasses set `name`, implement `enabled(cfg)` and override the hooks they need.
 
-    Order in GPT.forward: embeddings -> prefix() -> for each logical layer i: layer_input(x, i),
-    block (its attention calls attention_extra(unique_block_idx, q)) -> drop the prefix -> logits.
+    Order in GPT.forward: embeddings -> [run_stack(), which may call the stack per segment] -> stack:
+    prefix() -> for each logical layer i: layer_input(x, i), block (its attention calls
+    attention_extra(unique_block_idx, q)) -> drop the prefix -> logits.
     """
 
     name: ClassVar[str] = ""
@@ -192,4 +192,15 @@ class ModelMechanism(nn.Module):
 
     def attention_extra(self, layer_idx: int, q: Tensor) -> Tensor | None:
         """Extra per-head attention output [B, H, T, hd] for attention module `layer_idx`."""
+        return None
+
+    # False: golf/eval/generate.py must not decode this model incrementally (full recompute instead)
+    incremental: bool = True
+
+    def run_stack(self, x: Tensor, doc_start: Tensor, stack: Callable[..., Tensor]) -> Tensor | None:
+        """Run the blocks yourself, or None (the backbone runs them once over the whole sequence).
+        x [B, T, D]: the embeddings; doc_start [B, T]: True at BOS. `stack(x', doc_start', num_memory)`
+        runs every block (with the other mechanisms' hooks) over any [B, T', D] input whose first
+        num_memory positions are memory, returning [B, T', D] before the final norm. Must return the
+        last block's output for the T real positions [B, T, D] (RMT: segments with carried memory)."""
         return None

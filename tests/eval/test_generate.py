@@ -31,6 +31,7 @@ def tiny_model(mixers, vocab=64, layers=2, seed=0, **over):
 @pytest.mark.parametrize("mixers,over", [
     ("stream,deltanet", {}),
     ("hypermix,stream", {}),
+    ("ttt_linear,attn", dict(ttt_linear_chunk=4)),  # prompt and steps cross TTT mini-batch ends
     # record-stack features: memory-token prefix, BigramHash, SmearGate, U-Net skips, 3 layers
     ("deltanet,stream,hypermix", dict(num_memory_tokens=4, bigram_vocab_size=128, bigram_dim=16,
                                        smear_gate=True, layers=3)),

@@ -215,6 +215,20 @@ def test_cuda_compiled_bf16_training_run(byte_data_dir, tmp_path, mixers):
     assert res["recompiles_in_loop"] == 0 and math.isfinite(res["val_bpb"])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("extra", [dict(mixers="ttt_linear,attn"), dict(rmt_memory=4, rmt_segment=16, rmt_bptt=1)])
+def test_cuda_compiled_bf16_training_run_ttt_linear_and_rmt(byte_data_dir, tmp_path, extra):
+    """As above for the issue-20 mechanisms: TTT-Linear layers, RMT segments with truncated BPTT."""
+    torch._dynamo.reset()
+    out = tmp_path / "runs"
+    res = run_inprocess(args(byte_data_dir, out, "cuda", device="cuda", compile="on", compile_warmup_steps=4,
+                             iterations=12, qat_lr_scale=0.5, **extra))
+    torch._dynamo.reset()
+    log = (out / "cuda" / "train.log").read_text()
+    assert "amp:bf16" in log and "qat:on" in log and "compile_graph_breaks:0" in log
+    assert res["recompiles_in_loop"] == 0 and math.isfinite(res["val_bpb"])
+
+
 def test_checkpoints_by_the_wall_clock_and_a_killed_runs_log_is_kept_aside(byte_data_dir, tmp_path):
     """CHECKPOINT_MINUTES (default 5) writes ckpt.pt by the clock, so kill -9 loses minutes; a run
     started again under the RUN_ID of one killed before any checkpoint gets a fresh log, the old

@@ -14,8 +14,10 @@ from golf.model.mechanisms.deltanet import GatedDeltaNet
 from golf.model.mechanisms.hypermixing import HyperMixing
 from golf.model.mechanisms.memory_tokens import MemoryTokens
 from golf.model.mechanisms.persistent import PersistentMemory
+from golf.model.mechanisms.rmt import RecurrentMemory
 from golf.model.mechanisms.sliding_window import SlidingWindowAttention
 from golf.model.mechanisms.stream import StreamMixer
+from golf.model.mechanisms.ttt_linear import TTTLinear
 from golf.model.mechanisms.weight_tied import WeightTiedDepth
 from golf.model.mixer import ModelMechanism, SequenceMixer
 
@@ -25,12 +27,14 @@ MIXERS: dict[str, type[SequenceMixer]] = {
     "stream": StreamMixer,
     "deltanet": GatedDeltaNet,
     "hypermix": HyperMixing,
+    "ttt_linear": TTTLinear,
 }
 
 MECHANISMS: dict[str, type[ModelMechanism]] = {
     "memory_tokens": MemoryTokens,
     "persistent_memory": PersistentMemory,
     "weight_tied": WeightTiedDepth,
+    "rmt": RecurrentMemory,
 }
 
 

@@ -15,7 +15,8 @@ T, D, P = 24, 32, 3
 
 
 def small_cfg(**kw):
-    return _small_cfg(**{"train_seq_len": T, "attn_window": 5, "stream_chunk": 8, "deltanet_chunk": 8, **kw})
+    return _small_cfg(**{"train_seq_len": T, "attn_window": 5, "stream_chunk": 8, "deltanet_chunk": 8,
+                         "ttt_linear_chunk": 8, **kw})
 
 
 def _mixer_names():
@@ -23,8 +24,8 @@ def _mixer_names():
 
 
 def test_registry_holds_every_mixer_and_mechanism():
-    assert sorted(MIXERS) == ["attn", "deltanet", "hypermix", "stream", "swa"]
-    assert sorted(MECHANISMS) == ["memory_tokens", "persistent_memory", "weight_tied"]
+    assert sorted(MIXERS) == ["attn", "deltanet", "hypermix", "stream", "swa", "ttt_linear"]
+    assert sorted(MECHANISMS) == ["memory_tokens", "persistent_memory", "rmt", "weight_tied"]
     for name, cls in {**MIXERS, **MECHANISMS}.items():
         assert cls.name == name  # the registry key is the class's own name
 
@@ -60,6 +61,8 @@ FRONTIER_ATTN = dict(xsa_last_n=2, sparse_attn_gate_enabled=True, gate_window=8,
 
 
 @pytest.mark.parametrize("extra", [dict(), ALL_ON, dict(ALL_ON, unique_layers=0, mixers="swa_pattern", global_every=2),
+                                   dict(ALL_ON, mixers="ttt_linear,attn"),
+                                   dict(ALL_ON, rmt_memory=2, rmt_segment=7),  # RMT: segments 7+7+7+3
                                    FRONTIER_ATTN, dict(FRONTIER_ATTN, sparse_attn_gate_enabled=False,
                                                        attn_out_gate_enabled=True, num_memory_tokens=P)])
 def test_full_model_is_causal(extra):

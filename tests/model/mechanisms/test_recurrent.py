@@ -14,6 +14,7 @@ CASES = {
     "stream": GPTConfig(model_dim=32, num_heads=4, stream_num_streams=4, stream_chunk=16, qk_gain_init=1.5),
     "deltanet": GPTConfig(model_dim=32, num_heads=4, deltanet_heads=2, deltanet_chunk=16),
     "hypermix": GPTConfig(model_dim=32, num_heads=4, hypermix_hidden=0),
+    "ttt_linear": GPTConfig(model_dim=32, num_heads=4, ttt_linear_heads=2, ttt_linear_chunk=16),
 }
 
 
