@@ -440,6 +440,27 @@ PRESETS: dict[str, dict[str, Any]] = {
         train_seq_len=2048, train_batch_tokens=524288, quant_mlp_bits=5, quant_attn_bits=6,
         quant_embed_bits=8, eval_stride=64, eval_batch_windows=64,
     ),
+    # The April frontier (the 1.0611 script record, 2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack):
+    # 11x512, MLP 4x LeakyReLU(0.5)^2, XSA in every layer, sparse attention gates, depth loops over layers
+    # 3-5 from 35% of training, parallel lanes from layer 8, gated U-Net skips, Polar-Express Muon with
+    # row normalisation, GPTQ + SDClip int6 (int7 embedding) + LQER r4, brotli, phased score-first TTT.
+    # Its tokenizer is SP8192 + CaseOps: VOCAB_SIZE=8192 with an SP8192 data folder (make data-fineweb).
+    # EMA 0.9965 over its ~4,900 steps = a horizon of ~0.058 of the run.
+    "frontier": dict(
+        num_layers=11, model_dim=512, num_heads=8, num_kv_heads=4, mlp_mult=4.0, mlp_leaky_slope=0.5,
+        rope_dims=16, qk_gain_init=5.0, xsa_last_n=11, sparse_attn_gate_enabled=True, sparse_attn_gate_scale=0.5,
+        gate_window=12, smear_gate=True, skip_gates=True, num_loops=2, loop_start=3, loop_end=5,
+        enable_looping_at=0.35, parallel_start_layer=8, doc_attention=True,
+        train_seq_len=2048, train_batch_tokens=786432, warmdown_frac=0.85, min_lr=0.1,
+        matrix_lr=0.026, scalar_lr=0.02, embed_lr=0.03, beta2=0.99, muon_ns="polar", muon_row_normalize=True,
+        muon_momentum=0.97, muon_momentum_warmup_start=0.92, muon_momentum_warmup_frac=0.3,
+        muon_weight_decay=0.095, embed_weight_decay=0.085, scalar_weight_decay=0.02, grad_clip_norm=0.3,
+        ema_horizon_frac=0.058, qat=False,
+        quant_scheme="gptq", quant_calib_batches=16, quant_clip_sigmas="mlp=11.5,attn=13,embed=14,other=12.85",
+        quant_mlp_bits=6, quant_attn_bits=6, quant_other_bits=6, quant_embed_bits=7,
+        lqer_rank=4, lqer_bits=4, lqer_top_k=3, lqer_group=64, compressor="brotli", quant_layout="sorted_t",
+        eval_stride=64, eval_batch_windows=64, ttt="phased",
+    ),
 }
 
 

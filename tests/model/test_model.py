@@ -108,6 +108,10 @@ def test_preset_parameter_counts():
     assert counts["baseline"] == 17_059_912  # the challenge baseline's model_params
     assert 25.4e6 < counts["record"] < 25.9e6  # public memory-tokens record: ~25.8M
     assert counts["tiny"] < 2e6
+    # the April frontier: with its SP8192 vocabulary, the 1.0611 record's logged model_params (35,945,671)
+    # to within its gate/lane scalars
+    frontier = count_params(GPT(load_config([], env={"VOCAB_SIZE": "8192"}, preset="frontier").model_config()))
+    assert abs(frontier - 35_945_671) < 1000
 
 
 def test_set_qat_bits_plan_and_scalar():
