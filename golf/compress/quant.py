@@ -124,11 +124,17 @@ def quantize_model_(model: torch.nn.Module, h_or_cfg: Any) -> dict[str, int]:
 # size pre-flight
 
 
-# Serialisers against zstd-22 on the same integers (golf.bench.quant --cross on a tiny-preset wiki
-# checkpoint after 250 steps: brotli 0.982, lzma 1.001; by column after an L1 row sort ~1.0) and
-# GPTQ's error feedback spreads the integers a little (+1.8% bytes on the same checkpoint).
-COMPRESSOR_FACTOR = {"zstd": 1.0, "brotli": 0.982, "lzma": 1.0, "lrzip": 0.97}
-GPTQ_FACTOR = 1.018
+# Calibrated on golf.bench.quant --cross rows of two checkpoints (records/benches/2026-12-04_quant_cross_record_wiki):
+# the record preset (26.6M params, 250 steps on wiki) and the tiny preset (0.8M). Serialisers against
+# zstd-22 on the same integers: brotli 0.982-0.994, lzma 1.001. SDClip's integers from trained rows carry ~3%
+# less entropy than the Gaussian model at the same k (heavier tails), and GPTQ's error feedback takes
+# ~1.5% more off them (RTN vs GPTQ at k=4); with the clip search GPTQ changes nothing measurable.
+# sorted_t (an L1 row order, stored by column) saves 3.4-4.5% with brotli on the record preset's
+# 256-2048-row matrices (0.4% on the tiny preset's: the estimate is then ~3% low there).
+COMPRESSOR_FACTOR = {"zstd": 1.0, "brotli": 0.988, "lzma": 1.0, "lrzip": 0.97}
+LAYOUT_FACTOR = {"rows": 1.0, "sorted": 1.0, "sorted_t": 0.965}
+GPTQ_FACTOR = {"search": 1.0, "sdclip": 0.985}
+SDCLIP_TAIL_FACTOR = 0.97
 ZSTD_OVER_ENTROPY = 1.03  # zstd-22 on byte containers sits ~3% over the values' entropy (golf/compress/pack.py)
 
 
@@ -155,13 +161,15 @@ def sdclip_entropy(bits: int, sigmas: float) -> float:
 def bits_per_value(bits: int, clip: Any, h_or_cfg: Any) -> float:
     """Compressed bits per integer for the size pre-flight: the measured table for the clip search,
     the Gaussian entropy for SDClip; times the serialiser's and the scheme's factors."""
-    if isinstance(clip, (int, float)):
-        base = sdclip_entropy(bits, float(clip)) * ZSTD_OVER_ENTROPY
+    sdclip = isinstance(clip, (int, float))
+    if sdclip:
+        base = sdclip_entropy(bits, float(clip)) * ZSTD_OVER_ENTROPY * SDCLIP_TAIL_FACTOR
     else:
         base = COMPRESSED_BITS_PER_VALUE[bits]
     base *= COMPRESSOR_FACTOR.get(str(_get_or(h_or_cfg, "compressor", "zstd")), 1.0)
+    base *= LAYOUT_FACTOR.get(str(_get_or(h_or_cfg, "quant_layout", "rows")), 1.0)
     if str(_get_or(h_or_cfg, "quant_scheme", "rtn")) == "gptq":
-        base *= GPTQ_FACTOR
+        base *= GPTQ_FACTOR["sdclip" if sdclip else "search"]
     return base
 
 

@@ -459,7 +459,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         quant_scheme="gptq", quant_calib_batches=16, quant_clip_sigmas="mlp=11.5,attn=13,embed=14,other=12.85",
         quant_mlp_bits=6, quant_attn_bits=6, quant_other_bits=6, quant_embed_bits=7,
         lqer_rank=4, lqer_bits=4, lqer_top_k=3, lqer_group=64, compressor="brotli", quant_layout="sorted_t",
-        eval_stride=64, eval_batch_windows=64, ttt="phased",
+        eval_stride=64, eval_batch_windows=64, ttt="phased", global_ttt_lr=0.001,
     ),
 }
 
