@@ -41,7 +41,8 @@ RECORD_TRACK, NON_RECORD_TRACK = "track_10min_16mb", "track_non_record_16mb"
 # lines the challenge's reviewers read in a log; the score's line is named by its evaluation strategy.
 # A record whose logs lack them predates the one-process script.
 REQUIRED_LINES = ("Total submission size", "final_int_zstd_roundtrip_exact",
-                  ("final_sliding_window_exact", "final_score_first_sgd_exact"))
+                  ("final_sliding_window_exact", "final_score_first_sgd_exact", "final_ttt_lora_exact",
+                   "final_ttt_phased_exact"))
 REQUIREMENTS = ("numpy", "sentencepiece", "zstandard")
 _VERSIONS = re.compile(r"^versions:(\{.*\})$", re.M)
 
@@ -79,6 +80,12 @@ def _pytorch_version(log: Path) -> str:
         return ""
 
 
+def missing_lines(log_text: str) -> list[str]:
+    """The REQUIRED_LINES a seed's log lacks (each by its first alternative)."""
+    return [alts[0] for alts in (r if isinstance(r, tuple) else (r,) for r in REQUIRED_LINES)
+            if not any(a in log_text for a in alts)]
+
+
 def check_record(folder: Path) -> dict[str, Any]:
     """The record's submission.json, refused (with every reason) unless it is valid, pinned to a
     clean commit, and its logs hold the lines the challenge reads."""
@@ -92,8 +99,7 @@ def check_record(folder: Path) -> dict[str, Any]:
                         f"commit, then re-create the record")
     for s in sub["seeds"]:
         text = (folder / f"train_seed{s}.log").read_text(encoding="utf-8", errors="replace")
-        missing = [alts[0] for alts in (r if isinstance(r, tuple) else (r,) for r in REQUIRED_LINES)
-                   if not any(a in text for a in alts)]
+        missing = missing_lines(text)
         if missing:
             problems.append(f"train_seed{s}.log has no {', '.join(repr(m) for m in missing)} line: the record predates "
                             f"the one-process train_gpt.py (golf issue 14); re-run it with `make train-and-submit`")

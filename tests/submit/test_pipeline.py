@@ -28,6 +28,7 @@ from golf.submit import records as R
 from golf.submit import runs as RU
 from golf.submit import settings as SE
 from golf.submit import verify as VE
+from golf.submit.challenge import missing_lines
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -579,3 +580,45 @@ def test_two_pipelines_of_one_name_in_the_same_second_get_their_own_runs(ws, mon
     ra = json.loads((a / "submission.json").read_text())["seed_results"][0]["run_id"]
     rb = json.loads((b / "submission.json").read_text())["seed_results"][0]["run_id"]
     assert ra == "same_20260101_000000_s1" and rb == "same_20260101_000000_s1_2"
+
+
+@pytest.mark.slow
+def test_frontier_preset_end_to_end_shrunk(tmp_path, monkeypatch):
+    """PRESET=frontier through the real stages, shrunk to CPU size but with every switch on: depth loops,
+    parallel lanes, XSA, sparse gates, document attention, Polar-Express Muon, GPTQ + SDClip + LQER,
+    brotli with sorted_t, and phased TTT scoring the round-tripped artifact."""
+    shared = REPO.parent / "shared" / "data"
+    if not (shared / "wiki_val.jsonl.zst").is_file():
+        pytest.skip("../shared/data is not available")
+    _head_jsonl(shared / "wiki_val.jsonl.zst", tmp_path / "train.jsonl", 12)
+    _head_jsonl(shared / "fineweb_val.jsonl.zst", tmp_path / "val.jsonl", 3)
+    data = tmp_path / "data"
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-m", "golf.data.prepare", "--corpus", str(tmp_path / "train.jsonl"),
+                        "--val", str(tmp_path / "val.jsonl"), "--tokenizer", "byte", "--out", str(data), "--workers", "1"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    vocab = json.loads((data / "manifest.json").read_text())["tokenizer"]["vocab_size"]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    settings = {"data_path": str(data), "vocab_size": vocab, "iterations": 4, "max_wallclock_seconds": 0.0,
+                "num_layers": 4, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1, "mlp_mult": 2.0,
+                "loop_start": 1, "loop_end": 2, "enable_looping_at": 0.5, "parallel_start_layer": 3, "xsa_last_n": 4,
+                "train_seq_len": 64, "train_batch_tokens": 512, "eval_stride": 32, "compile_warmup_steps": 0,
+                "quant_min_numel": 256, "quant_calib_batches": 1, "quant_calib_seqs": 2, "lqer_top_k": 2,
+                "ttt_lora_rank": 4, "ttt_batch_size": 2, "phased_ttt_prefix_docs": 1, "phased_ttt_num_phases": 1}
+    stages = RU.Stages()
+    stages.echo = False
+    dest = P.submit(name="frontier", preset="frontier", settings=settings, records_dir="records", stages=stages,
+                    use_cache=False)
+    sub, problems = R.validate_record(dest)
+    assert problems == [], problems
+    cfg = sub["config"]
+    assert (cfg["quant_scheme"], cfg["compressor"], cfg["quant_layout"], cfg["ttt"]) == ("gptq", "brotli", "sorted_t", "phased")
+    assert cfg["doc_attention"] and cfg["num_loops"] == 2 and cfg["lqer_rank"] == 4 and cfg["muon_ns"] == "polar"
+    r0 = sub["seed_results"][0]
+    assert 0 < sub["val_bpb"] < 20 and r0["steps"] == 4
+    log = next(dest.glob("train_seed*.log")).read_text()
+    assert "looping:on" in log and "final_ttt_phased_exact" in log
+    assert missing_lines(log) == []  # the challenge export accepts a phased-TTT score line
