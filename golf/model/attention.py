@@ -98,15 +98,21 @@ def window_block_mask(seq_len: int, window: int, num_prefix: int, device: torch.
     return _BLOCK_MASKS[key]
 
 
-def flex_window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, num_prefix: int) -> Tensor:
-    """Same as _sdpa(q, k, v, window_mask(T, window, num_prefix)) through flex_attention.
-    q [B, H, T, hd], k/v [B, Hkv, T, hd] (GQA when Hkv < H)."""
+def _flex_inputs(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """flex_attention's inputs: refused without it; cast as autocast would cast SDPA's (it does not cast flex)."""
     if not flex_available():
         raise GolfError("flex attention needs torch.nn.attention.flex_attention (torch >= 2.5); "
                         "set FLEX_ATTENTION=off")
-    if torch.is_autocast_enabled(q.device.type):  # SDPA is cast by autocast, flex_attention is not
+    if torch.is_autocast_enabled(q.device.type):
         dt = torch.get_autocast_dtype(q.device.type)
         q, k, v = q.to(dt), k.to(dt), v.to(dt)
+    return q, k, v
+
+
+def flex_window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, num_prefix: int) -> Tensor:
+    """Same as _sdpa(q, k, v, window_mask(T, window, num_prefix)) through flex_attention.
+    q [B, H, T, hd], k/v [B, Hkv, T, hd] (GQA when Hkv < H)."""
+    q, k, v = _flex_inputs(q, k, v)
     bm = window_block_mask(q.shape[2], window, num_prefix, q.device)
     return _FLEX["flex_attention"](q, k, v, block_mask=bm, enable_gqa=k.shape[1] != q.shape[1])
 
@@ -141,12 +147,7 @@ def doc_mask(ctx: MixerContext, window: int) -> Tensor:
 def flex_doc_attention(q: Tensor, k: Tensor, v: Tensor, ctx: MixerContext, window: int) -> Tensor:
     """Same as _sdpa(q, k, v, doc_mask(ctx, window)) through flex_attention (one BlockMask per
     forward, shared by the layers; traced into the graph under torch.compile)."""
-    if not flex_available():
-        raise GolfError("flex attention needs torch.nn.attention.flex_attention (torch >= 2.5); "
-                        "set FLEX_ATTENTION=off")
-    if torch.is_autocast_enabled(q.device.type):  # SDPA is cast by autocast, flex_attention is not
-        dt = torch.get_autocast_dtype(q.device.type)
-        q, k, v = q.to(dt), k.to(dt), v.to(dt)
+    q, k, v = _flex_inputs(q, k, v)
     key = ("doc_block_mask", window)
     if key not in ctx.memo:
         d, P = ctx.doc_ids, ctx.num_prefix

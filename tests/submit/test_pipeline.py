@@ -452,6 +452,26 @@ def _head_jsonl(src, dst, n):
             out.write(line if line.endswith("\n") else line + "\n")
 
 
+def _byte_data(tmp_path, monkeypatch, val_docs: int) -> tuple[Path, int]:
+    """A byte-level data folder from the first 12 wiki documents (train) and `val_docs` FineWeb ones
+    (val), made by the real prepare stage; the test then runs in tmp_path. Skips without ../shared/data."""
+    shared = REPO.parent / "shared" / "data"
+    if not (shared / "wiki_val.jsonl.zst").is_file():
+        pytest.skip("../shared/data is not available")
+    _head_jsonl(shared / "wiki_val.jsonl.zst", tmp_path / "train.jsonl", 12)
+    _head_jsonl(shared / "fineweb_val.jsonl.zst", tmp_path / "val.jsonl", val_docs)
+    data = tmp_path / "data"
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-m", "golf.data.prepare", "--corpus", str(tmp_path / "train.jsonl"),
+                        "--val", str(tmp_path / "val.jsonl"), "--tokenizer", "byte", "--out", str(data), "--workers", "1"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    return data, json.loads((data / "manifest.json").read_text())["tokenizer"]["vocab_size"]
+
+
 @pytest.mark.slow
 def test_end_to_end_real_stages(tmp_path, monkeypatch):
     """The real stages (data prep, train_gpt.py, quantize.py, eval_bpb.py) on a tiny byte-level data
@@ -459,21 +479,7 @@ def test_end_to_end_real_stages(tmp_path, monkeypatch):
     for f in ("train_gpt.py", "quantize.py", "eval_bpb.py"):
         if not (REPO / f).is_file():
             pytest.skip(f"{f} does not exist yet")
-    shared = REPO.parent / "shared" / "data"
-    if not (shared / "wiki_val.jsonl.zst").is_file():
-        pytest.skip("../shared/data is not available")
-    _head_jsonl(shared / "wiki_val.jsonl.zst", tmp_path / "train.jsonl", 12)
-    _head_jsonl(shared / "fineweb_val.jsonl.zst", tmp_path / "val.jsonl", 2)
-    data = tmp_path / "data"
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-m", "golf.data.prepare", "--corpus", str(tmp_path / "train.jsonl"),
-                        "--val", str(tmp_path / "val.jsonl"), "--tokenizer", "byte", "--out", str(data), "--workers", "1"],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
-    vocab = json.loads((data / "manifest.json").read_text())["tokenizer"]["vocab_size"]
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    data, vocab = _byte_data(tmp_path, monkeypatch, val_docs=2)
     settings = {"data_path": str(data), "vocab_size": vocab, "iterations": 3, "max_wallclock_seconds": 0.0,
                 "num_layers": 1, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1, "rope_dims": 0,
                 "train_seq_len": 64, "train_batch_tokens": 512, "num_memory_tokens": 2, "bigram_vocab_size": 64,
@@ -587,21 +593,7 @@ def test_frontier_preset_end_to_end_shrunk(tmp_path, monkeypatch):
     """PRESET=frontier through the real stages, shrunk to CPU size but with every switch on: depth loops,
     parallel lanes, XSA, sparse gates, document attention, Polar-Express Muon, GPTQ + SDClip + LQER,
     brotli with sorted_t, and phased TTT scoring the round-tripped artifact."""
-    shared = REPO.parent / "shared" / "data"
-    if not (shared / "wiki_val.jsonl.zst").is_file():
-        pytest.skip("../shared/data is not available")
-    _head_jsonl(shared / "wiki_val.jsonl.zst", tmp_path / "train.jsonl", 12)
-    _head_jsonl(shared / "fineweb_val.jsonl.zst", tmp_path / "val.jsonl", 3)
-    data = tmp_path / "data"
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-m", "golf.data.prepare", "--corpus", str(tmp_path / "train.jsonl"),
-                        "--val", str(tmp_path / "val.jsonl"), "--tokenizer", "byte", "--out", str(data), "--workers", "1"],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
-    vocab = json.loads((data / "manifest.json").read_text())["tokenizer"]["vocab_size"]
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    data, vocab = _byte_data(tmp_path, monkeypatch, val_docs=3)
     settings = {"data_path": str(data), "vocab_size": vocab, "iterations": 4, "max_wallclock_seconds": 0.0,
                 "num_layers": 4, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1, "mlp_mult": 2.0,
                 "loop_start": 1, "loop_end": 2, "enable_looping_at": 0.5, "parallel_start_layer": 3, "xsa_last_n": 4,
