@@ -37,3 +37,19 @@ def grads_of(m, x, y):
     parameter of m: two paths that agree on these agree in their backward too."""
     w = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
     return torch.autograd.grad((y * w).sum(), [x] + list(m.parameters()))
+
+
+def assert_causal(m, T, vocab=64, bos_at=9):
+    """A full model's causality: changing the tokens after t changes no logit at <= t (and does change
+    later ones), for several t around a BOS at `bos_at`. Returns (idx, logits) for further checks."""
+    idx = torch.randint(2, vocab, (2, T))
+    idx[:, bos_at] = 1  # BOS
+    with torch.no_grad():
+        logits = m(idx)
+        for t in (0, bos_at - 1, bos_at, 15, T - 2):
+            idx2 = idx.clone()
+            idx2[:, t + 1:] = torch.randint(2, vocab, (2, T - t - 1))
+            l2 = m(idx2)
+            torch.testing.assert_close(l2[:, : t + 1], logits[:, : t + 1], rtol=1e-5, atol=1e-5)
+            assert not torch.allclose(l2[:, t + 1:], logits[:, t + 1:])
+    return idx, logits

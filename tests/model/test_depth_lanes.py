@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from modelkit import randomize, small_cfg
+from modelkit import assert_causal, randomize, small_cfg
 
 from golf.compress.artifact import load_artifact, save_artifact
 from golf.compress.quant import quantize_model_
@@ -204,16 +204,7 @@ def test_causal(kw, frac):
     torch.manual_seed(0)
     m = randomize(GPT(small_cfg(**kw))).eval()
     m.set_training_fraction(frac)
-    idx = torch.randint(2, 64, (2, T))
-    idx[:, 9] = BOS_ID
-    with torch.no_grad():
-        logits = m(idx)
-        for t in (0, 8, 9, 15, T - 2):
-            idx2 = idx.clone()
-            idx2[:, t + 1:] = torch.randint(2, 64, (2, T - t - 1))
-            l2 = m(idx2)
-            torch.testing.assert_close(l2[:, : t + 1], logits[:, : t + 1], rtol=1e-5, atol=1e-5)
-            assert not torch.allclose(l2[:, t + 1:], logits[:, t + 1:])
+    assert_causal(m, T)
 
 
 # ---------------------------------------------------------------------------------------------
