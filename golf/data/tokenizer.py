@@ -21,8 +21,9 @@ from golf.core.utils import GolfError, atomic_write_bytes, sha256_bytes
 from golf.data.caseops import OPERATORS
 from golf.data.caseops import encode as caseops_encode
 from golf.data.caseops import piece_byte_counts
+from golf.data.shards import BOS_ID
 
-PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+PAD_ID, EOS_ID, UNK_ID = 0, 2, 3  # BOS_ID (1) is the shard format's (golf.data.shards)
 
 # The challenge's SentencePiece trainer settings (openai/parameter-golf data/download_hf_docs_and_tokenize.py).
 # nmt_nfkc also maps '\n' and '\t' to a space and remove_extra_whitespaces (its default) collapses runs
