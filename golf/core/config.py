@@ -113,6 +113,10 @@ class Hyperparameters(GPTConfig):
     data_path: str = "data/datasets/shakespeare_sp1024"  # folder of *train_*.bin, *val_*.bin, manifest.json
     tokenizer_path: str = ""  # derived from the data manifest when empty
     val_max_tokens: int = 0  # 0 = the whole val split (training-time val may use a prefix)
+    # The final score's val prefix: 0 = the whole split (what the challenge scores). A prefix keeps
+    # CPU ablations affordable (the whole split is ~11 min per tiny run); it is written into every
+    # report, and a submission record scored on a prefix is refused.
+    score_max_tokens: int = 0
     # --- model backbone ------------------------------------------------------------------------
     # --- record-stack extras ------------------------------------------------------------------
     # --- memory mechanisms (golf/model/mechanisms/) -------------------------------------------------------
@@ -293,7 +297,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "hypermix_hidden": (0, None), "ttt_linear_chunk": (1, None), "ttt_linear_heads": (0, None),
     "ttt_linear_lr": (0, None), "rmt_memory": (0, None), "rmt_segment": (1, None), "rmt_bptt": (-1, None),
     "mtp_loss_weight": (0, None), "mtp_decay": (0, None), "train_seq_len": (1, None),
-    "val_max_tokens": (0, None), "train_batch_tokens": (1, None), "grad_accum_steps": (0, None),
+    "val_max_tokens": (0, None), "score_max_tokens": (0, None), "train_batch_tokens": (1, None), "grad_accum_steps": (0, None),
     "micro_batch_seqs": (0, None), "iterations": (0, None), "max_wallclock_seconds": (0, None),
     "compile_warmup_steps": (0, None), "lr_warmup_frac": (0, 1), "warmdown_frac": (0, 1), "min_lr": (0, 1),
     "matrix_lr": (0, None),

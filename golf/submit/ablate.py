@@ -96,6 +96,13 @@ def ablate(
     return dest
 
 
+def _scored_on(rec: dict[str, Any]) -> str:
+    r = (rec["A"].get("seed_results") or [{}])[0]
+    n = r.get("score_max_tokens") or 0
+    whole = "the whole val split" if not n else f"the first {n:,} val tokens (SCORE_MAX_TOKENS; not a challenge score)"
+    return f"{whole}, {r.get('eval_tokens') or '?'} tokens scored"
+
+
 def render_ablation_readme(rec: dict[str, Any]) -> str:
     c = rec["comparison"]
     f = lambda x, nd=4: "-" if x is None or x != x else (f"{x:+.{nd}f}" if nd < 0 else f"{x:.{nd}f}")  # noqa: E731
@@ -109,6 +116,7 @@ def render_ablation_readme(rec: dict[str, Any]) -> str:
         f"- B: `{b_set}`",
         f"- common: preset `{rec['preset']}` {' '.join(rec['common_settings'])}; seeds {rec['seeds']} (paired, all reported)",
         f"- commit `{rec['commit']}`, {rec['hardware']}, {rec['date']}",
+        f"- scored on: {_scored_on(rec)}",
         "",
         "| seed | A val_bpb | B val_bpb | B-A bpb | A val_loss | B val_loss | B-A nats | A run | B run |",
         "|---|---|---|---|---|---|---|---|---|",

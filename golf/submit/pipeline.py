@@ -39,6 +39,9 @@ def submit(
     if preset not in PRESETS:
         load_config(argv=[], env={}, preset=preset)  # raises with close matches
     base = resolve_config(preset, settings, settings.get("seed", Hyperparameters.seed), "check")
+    if base.score_max_tokens:
+        raise GolfError(f"SCORE_MAX_TOKENS={base.score_max_tokens} scores only a val prefix; a record is scored on "
+                        f"the whole val split. Unset it (prefix scores are for `make ablate`)")
     seed_list = parse_seeds(seeds, base.seed)
     stamp = now_stamp()
     name = R.check_record_name(name or f"{preset}_{stamp[9:]}")

@@ -278,6 +278,9 @@ def validate_record(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
         got.append(r["seed"])
         if isinstance(r["bytes_total"], int) and r["bytes_total"] > BYTES_CAP:
             problems.append(f"seed {r['seed']}: bytes_total {r['bytes_total']:,} is over the cap")
+        elif isinstance(r.get("score_max_tokens"), int) and r["score_max_tokens"] > 0:
+            problems.append(f"seed {r['seed']} was scored on the first {r['score_max_tokens']:,} val tokens "
+                            f"(SCORE_MAX_TOKENS), not the whole split")
     if sorted(got) != sorted(seeds):
         problems.append(f"seeds {seeds} do not match the seeds in seed_results {got}")
     ok_results = [r for r in results if isinstance(r, dict) and all(k in r for k in SEED_FIELDS)]

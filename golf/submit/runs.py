@@ -95,7 +95,7 @@ class Stages:
             str(self.root / "eval_bpb.py"), "--artifact", str(artifact), "--data-path", h.data_path,
             "--seq-len", str(h.eval_seq_len), "--stride", str(h.eval_stride),
             "--batch-windows", str(h.eval_batch_windows), "--out", str(out_json),
-            "--contexts", score_contexts(h),
+            "--contexts", score_contexts(h), "--max-tokens", str(h.score_max_tokens),
         ] + (["--tokenizer-path", h.tokenizer_path] if h.tokenizer_path else [])
         run_command(argv, env, log, self.echo)
 
@@ -223,6 +223,7 @@ def collect_result(h: Hyperparameters, run_dir: Path, wall: float) -> dict[str, 
         "eval_seconds": ev.get("seconds"),
         "wall_seconds": round(wall, 2),
         "eval_tokens": ev.get("tokens"),
+        "score_max_tokens": int(ev.get("max_tokens") or 0),  # > 0: scored on a val prefix (ablations only)
         "eval_bytes": ev.get("bytes"),
     }
 

@@ -48,8 +48,9 @@ def prequant_score(h: Hyperparameters, final: Path, d: Dist) -> dict[str, Any]:
     VAL_MAX_TOKENS prefix; set beside the full-split round trip it misstates the quantisation gap."""
     model, _ = model_from_checkpoint(load_checkpoint(final, final=True), final)
     model = model.to(d.device)
-    luts = data_luts(h.data_path, load_data_tokenizer(h.data_path, h.tokenizer_path or None), d.device)
-    val = load_split(h.data_path, "val", h.vocab_size)
+    luts = data_luts(h.data_path, load_data_tokenizer(h.data_path, h.tokenizer_path or None), d.device,
+                     h.score_max_tokens)
+    val = load_split(h.data_path, "val", h.vocab_size, max_tokens=h.score_max_tokens)
     t0 = time.perf_counter()
     res = evaluate_contexts(model, val, luts, [h.eval_seq_len], stride=0,
                             batch_tokens=h.eval_batch_windows * h.eval_seq_len, device=d.device, rank=d.rank,
@@ -92,7 +93,7 @@ def run(h: Hyperparameters) -> dict[str, Any]:
         _append(run_dir, f"diagnostic pre-quantization val_loss:{pre['val_loss']:.8f} val_bpb:{pre['val_bpb']:.8f} "
                          f"eval_time:{1000 * pre['seconds']:.0f}ms", d, h)
         rep = score(artifact, h.data_path, contexts=score_contexts(h), device=str(d.device),
-                    rank=d.rank, world_size=d.world_size, tokenizer_path=h.tokenizer_path,
+                    rank=d.rank, world_size=d.world_size, tokenizer_path=h.tokenizer_path, max_tokens=h.score_max_tokens,
                     strategy=strategy_for(h, h.eval_seq_len, h.eval_stride, h.eval_batch_windows))
         rep["prequant"] = pre
         if d.master:

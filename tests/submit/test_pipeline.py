@@ -88,8 +88,9 @@ class FakeStages(RU.Stages):
         seq = env["EVAL_SEQ_LEN"]  # the plain round trip: non-overlapping windows at the eval length
         plain = {"val_loss": loss + 0.01, "val_bpb": (loss + 0.01) / math.log(2) * 0.4, "seq_len": int(seq),
                  "stride": int(seq)}
-        out_json.write_text(json.dumps({"val_loss": loss, "val_bpb": loss / math.log(2) * 0.4, "tokens": 1000,
-                                        "bytes": 2500, "seconds": 0.5, "contexts": {seq: plain}}))
+        n = int(env.get("SCORE_MAX_TOKENS") or 0)
+        out_json.write_text(json.dumps({"val_loss": loss, "val_bpb": loss / math.log(2) * 0.4, "tokens": n or 1000,
+                                        "bytes": 2500, "seconds": 0.5, "contexts": {seq: plain}, "max_tokens": n}))
 
     def trained(self):
         return [c for c in self.calls if c[0] == "train"]
@@ -295,6 +296,21 @@ def test_ablate_records_both_arms_and_reuses_cached_a(ws):
               records_dir="records", stages=st3)
     assert sorted(c[2] for c in st3.trained() if "_A_" in c[1]) == [1, 2]  # seed 3's A and every B are reused
     assert [c for c in st3.trained() if "_B_" in c[1]] == []
+
+
+def test_a_prefix_score_is_said_in_the_ablation_and_refused_in_a_record(ws):
+    st = FakeStages()
+    dest = AB.ablate("prefix", "", "NUM_LAYERS=5", seeds="1,2", preset="tiny", records_dir="records", stages=st,
+                     settings={"score_max_tokens": 600})
+    rec = json.loads((dest / "ablation.json").read_text())
+    assert [r["score_max_tokens"] for r in rec["A"]["seed_results"]] == [600, 600]
+    assert "the first 600 val tokens (SCORE_MAX_TOKENS" in (dest / "README.md").read_text()
+    whole = AB.ablate("whole", "", "NUM_LAYERS=5", seeds="1,2", preset="tiny", records_dir="records", stages=st)
+    assert "scored on: the whole val split" in (whole / "README.md").read_text()
+    n = len(st.calls)
+    with pytest.raises(GolfError, match="SCORE_MAX_TOKENS=600 scores only a val prefix"):
+        submit(st, name="pfx", seeds="1", settings={"score_max_tokens": 600})
+    assert len(st.calls) == n  # refused before any stage ran
 
 
 def test_ablate_rejects_typo_before_training(ws):

@@ -109,6 +109,16 @@ def test_validate_reports_why(tmp_path, over, files_gone, expect):
     assert any(expect in p for p in problems), problems
 
 
+def test_validate_refuses_seeds_scored_on_a_val_prefix(tmp_path):
+    folder = tmp_path / "2026-01-01_pfx"
+    sub = make_record(folder)
+    sub["seed_results"][1]["score_max_tokens"] = 600
+    sub["seed_results"][0]["score_max_tokens"] = 0  # the whole split
+    (folder / "submission.json").write_text(json.dumps(sub))
+    _, problems = R.validate_record(folder)
+    assert problems == ["seed 2 was scored on the first 600 val tokens (SCORE_MAX_TOKENS), not the whole split"]
+
+
 def test_validate_missing_fields_and_json(tmp_path):
     folder = tmp_path / "2026-01-01_x"
     folder.mkdir()
