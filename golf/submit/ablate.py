@@ -36,13 +36,15 @@ def ablate(
     preset = preset or default_preset()
     seed_list = parse_seeds(seeds or "3", Hyperparameters.seed, count_ok=True)
     cfg_a = resolve_config(preset, {**settings, **arm_a}, seed_list[0], "check")
-    resolve_config(preset, {**settings, **arm_b}, seed_list[0], "check")  # both arms must be valid up front
+    cfg_b = resolve_config(preset, {**settings, **arm_b}, seed_list[0], "check")  # both arms valid up front
     existing = R.find_existing(Path(records_dir), R.ABLATIONS_TRACK, name)
     if existing is not None:
         raise GolfError(f"an ablation named {name!r} already exists ({existing}); choose another NAME")
     date, stamp = today(), now_stamp()
     dest = R.record_dir(Path(records_dir), R.ABLATIONS_TRACK, date, name)
     ensure_data(cfg_a, stages, Path(cfg_a.out_dir) / f"prepare_{stamp}.log")
+    if cfg_b.data_path != cfg_a.data_path:  # a tokenizer A/B: each arm reads its own folder
+        ensure_data(cfg_b, stages, Path(cfg_b.out_dir) / f"prepare_{stamp}_b.log")
 
     commit = git_commit()  # before training (see submit)
     runs: dict[str, list[SeedRun]] = {"A": [], "B": []}
@@ -78,6 +80,8 @@ def ablate(
         "commit": commit, "hardware": device_description(),
         "data": R.store_manifest(Path(records_dir), cfg_a.data_path, cfg_a.tokenizer_path),
     }
+    if cfg_b.data_path != cfg_a.data_path:
+        rec["data_b"] = R.store_manifest(Path(records_dir), cfg_b.data_path, cfg_b.tokenizer_path)
     sweep_stale(dest.parent)
     with atomic_dir(dest) as tmp:
         files = []
@@ -97,10 +101,20 @@ def ablate(
 
 
 def _scored_on(rec: dict[str, Any]) -> str:
-    r = (rec["A"].get("seed_results") or [{}])[0]
-    n = r.get("score_max_tokens") or 0
-    whole = "the whole val split" if not n else f"the first {n:,} val tokens (SCORE_MAX_TOKENS; not a challenge score)"
-    return f"{whole}, {r.get('eval_tokens') or '?'} tokens scored"
+    def arm(a: str) -> str:
+        r = (rec[a].get("seed_results") or [{}])[0]
+        n = r.get("score_max_tokens") or 0
+        part = "the whole val split" if not n else f"the first {n:,} val tokens (SCORE_MAX_TOKENS; not a challenge score)"
+        return f"{part}, {r.get('eval_tokens') or '?'} tokens scored"
+    a, b = arm("A"), arm("B")
+    return a if a == b else f"A {a}; B {b}"
+
+
+def _data_line(rec: dict[str, Any]) -> str:
+    d, b = rec.get("data") or {}, rec.get("data_b")
+    if not isinstance(b, dict):
+        return f"- data: `{d.get('path', '?')}`"
+    return f"- data: A `{d.get('path', '?')}`, B `{b.get('path', '?')}` (each arm's manifest is pinned)"
 
 
 def render_ablation_readme(rec: dict[str, Any]) -> str:
@@ -117,6 +131,7 @@ def render_ablation_readme(rec: dict[str, Any]) -> str:
         f"- common: preset `{rec['preset']}` {' '.join(rec['common_settings'])}; seeds {rec['seeds']} (paired, all reported)",
         f"- commit `{rec['commit']}`, {rec['hardware']}, {rec['date']}",
         f"- scored on: {_scored_on(rec)}",
+        _data_line(rec),
         "",
         "| seed | A val_bpb | B val_bpb | B-A bpb | A val_loss | B val_loss | B-A nats | A run | B run |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -68,6 +68,15 @@ def ablation_problems(rec: Any) -> list[str]:
     return problems
 
 
+def ablation_leaks(root: Path, folder: Path, rec: dict) -> list[str]:
+    """The data-split check per arm: an ablation whose arm B reads another data folder (a tokenizer
+    A/B) pins it as `data_b`, and B's logs are checked against that manifest."""
+    if not isinstance(rec.get("data_b"), dict):
+        return R.data_leak_problems(root, folder, rec.get("data"))
+    return (R.data_leak_problems(root, folder, rec.get("data"), "A_*train_seed*.log")
+            + R.data_leak_problems(root, folder, rec["data_b"], "B_*train_seed*.log"))
+
+
 def scan(records_dir: Path) -> tuple[dict[str, list[dict]], list[tuple[Path, list[str]]], list[dict]]:
     """-> (valid records by track, invalid (folder, problems), ablations)."""
     valid: dict[str, list[dict]] = {}
@@ -85,7 +94,7 @@ def scan(records_dir: Path) -> tuple[dict[str, list[dict]], list[tuple[Path, lis
                     except (OSError, ValueError) as e:
                         invalid.append((folder, [f"ablation.json unreadable ({e})"]))
                         continue
-                    problems = ablation_problems(rec) or R.data_leak_problems(root, folder, rec.get("data"))
+                    problems = ablation_problems(rec) or ablation_leaks(root, folder, rec)
                     if problems:
                         invalid.append((folder, problems))
                     else:

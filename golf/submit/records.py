@@ -344,9 +344,12 @@ def find_manifest(records_dir: Path, data: dict[str, Any]) -> tuple[dict[str, An
 _TRAIN_TOKENS = re.compile(r"^train_tokens:(\d+)", re.M)
 
 
-def data_leak_problems(records_dir: Path, folder: Path, data: dict[str, Any] | None) -> list[str]:
+def data_leak_problems(records_dir: Path, folder: Path, data: dict[str, Any] | None,
+                       logs: str = "*train_seed*.log") -> list[str]:
     """Problems if a run's logged train_tokens differs from its manifest's training split: the
-    loader read shards of another split (golf issue 13: a filename glob read validation as training)."""
+    loader read shards of another split (golf issue 13: a filename glob read validation as training).
+    `logs`: the glob of the run logs that read this data (an ablation whose arms read different
+    folders checks each arm's logs against its own manifest)."""
     if not isinstance(data, dict):
         return []
     manifest, source = find_manifest(records_dir, data)
@@ -358,7 +361,7 @@ def data_leak_problems(records_dir: Path, folder: Path, data: dict[str, Any] | N
     except (KeyError, TypeError, ValueError):
         return [f"data manifest {source} has no split token counts"]
     by_count: dict[int, list[str]] = {}
-    for log in sorted(Path(folder).glob("*train_seed*.log")):
+    for log in sorted(Path(folder).glob(logs)):
         m = _TRAIN_TOKENS.search(log.read_text(encoding="utf-8", errors="replace"))
         if m is not None and int(m.group(1)) != train:
             by_count.setdefault(int(m.group(1)), []).append(log.name)

@@ -313,6 +313,26 @@ def test_a_prefix_score_is_said_in_the_ablation_and_refused_in_a_record(ws):
     assert len(st.calls) == n  # refused before any stage ran
 
 
+def test_ablate_arms_on_two_data_folders_pin_and_check_both(ws):
+    """A tokenizer A/B: arm B reads another folder; its manifest is pinned as data_b and B's logs
+    are checked against it (not against A's split counts)."""
+    other = token_folder(ws / "data" / "other", ByteTokenizer(), train=np.arange(4, 204), val=np.arange(4, 84))
+    b = f"DATA_PATH={other} SCORE_MAX_TOKENS=50"
+    dest = AB.ablate("tok", "", b, seeds="1,2", preset="tiny", records_dir="records", stages=FakeStages())
+    rec = json.loads((dest / "ablation.json").read_text())
+    assert rec["data"]["split_tokens"]["train"] == 256 and rec["data_b"]["split_tokens"]["train"] == 200
+    readme = (dest / "README.md").read_text()
+    assert f"B `{other}`" in readme and "B the first 50 val tokens" in readme
+    _, invalid, ablations = L.scan(ws / "records")
+    assert invalid == [] and [a["name"] for a in ablations] == ["tok"]
+    leaky = FakeStages()
+    leaky.extra_train_tokens = 80  # B's loader read its val split too
+    AB.ablate("tokleak", "", b + " NUM_LAYERS=3", seeds="1,2", preset="tiny", records_dir="records", stages=leaky)
+    _, invalid, _ = L.scan(ws / "records")
+    assert len(invalid) == 1 and invalid[0][0].name.endswith("tokleak")
+    assert "B_train_seed1.log, B_train_seed2.log: training read 280 tokens, train 200 + val 80" in invalid[0][1][0]
+
+
 def test_ablate_rejects_typo_before_training(ws):
     st = FakeStages()
     with pytest.raises(GolfError, match="SMEAR_GATE"):
