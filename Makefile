@@ -95,11 +95,13 @@ test: install
 bench: bench-data bench-train bench-quant bench-eval bench-mixers
 
 # On a CUDA machine: the tests only a GPU can run, then the speed figures the issues ask for
-# (record and baseline tokens/s, stride-64 eval time for 62M tokens, mixers vs attention).
+# (record, baseline and frontier tokens/s, frontier with/without DOC_ATTENTION, stride-64 eval time for 62M tokens, mixers vs attention).
 gpu-check: install
 	$(PY) -m pytest -q tests -k cuda
 	$(PY) -m golf.bench.train --preset record
 	$(PY) -m golf.bench.train --preset baseline
+	$(PY) -m golf.bench.train --preset frontier
+	$(PY) -m golf.bench.train --preset frontier --doc-attention 0 --out bench/train_frontier_nodoc.json
 	$(PY) -m golf.bench.eval
 	$(PY) -m golf.bench.mixers
 	$(PY) -m golf.bench.summary

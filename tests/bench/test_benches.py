@@ -80,14 +80,17 @@ def test_summary_judges_only_gpu_figures(tmp_path, capsys):
     put("eval.json", {"extrapolated_seconds_62M": 450.0, "limit_seconds": 600.0, "meets_limit": True})
     put("mixers.json", {"goal_met": False, "results": {"stream": {"ratio_vs_attn": 0.62},
                                                        "deltanet": {"ratio_vs_attn": 0.41}}})
+    put("train_frontier.json", {"tokens_per_s": 7.9e5, "goal_tokens_per_s": 8.1e5, "device": "1x H100"})
+    put("train_frontier_nodoc.json", {"tokens_per_s": 7.7e5, "goal_tokens_per_s": 8.1e5, "device": "1x H100"})
     met = [r["met"] for r in summarise(tmp_path)]
-    assert met == [True, False, True, True, False]
+    assert met == [True, False, False, True, True, True, False]
+    assert summarise(tmp_path)[3]["measured"] == pytest.approx(7.9 / 7.7)
     # a CPU run of the same benches judges nothing, however fast it looks
     put("train_record.json", {"tokens_per_s": 2e6, "goal_tokens_per_s": None, "device": "cpu"})
     put("mixers.json", {"goal_met": None, "results": {"stream": {"ratio_vs_attn": 3.0}}})
     main(["--bench-dir", str(tmp_path)])
     rows = json.loads((tmp_path / "summary.json").read_text())["goals"]
-    assert rows[0]["met"] is None and rows[3]["met"] is None and rows[4]["measured"] is None
+    assert rows[0]["met"] is None and rows[5]["met"] is None and rows[6]["measured"] is None
     assert "not judged" in capsys.readouterr().out
 
 
