@@ -56,6 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     h = load_config(["--preset", preset, *rest], env={})
     d = setup_distributed(h)
     cuda = d.device.type == "cuda"
+    full_batch = h.train_batch_tokens
+    if not cuda and full_batch > 8 * h.train_seq_len and not any(a.startswith("--train-batch-tokens") for a in rest):
+        # a GPU preset's step (786,432 tokens for frontier) takes an hour on CPU: time two sequences
+        # instead, so `make bench-train PRESET=frontier` answers in minutes; the JSON says so
+        h = load_config(["--preset", preset, *rest, "--train-batch-tokens", str(2 * h.train_seq_len)], env={})
     steps = args.steps or (20 if cuda else 5)
     warm = args.warmup if args.warmup >= 0 else (5 if cuda else 1)
     compile = h.compile == "on" or (h.compile == "auto" and cuda)
@@ -107,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
         "bench": "train", "preset": preset, "date": today(), "device": device_description(),
         "threads": torch.get_num_threads(), "compile": compile, "bf16_autocast": cuda, "qat": args.qat,
         "params": n_params, "train_seq_len": h.train_seq_len, "tokens_per_step": h.train_batch_tokens,
+        "preset_tokens_per_step": full_batch, # depth recurrence: a built model runs looped (the trainer starts plain until ENABLE_LOOPING_AT)
+        "looped": bool(model.looping) if model.loop_order is not None else None,
         "micro_batch_seqs": micro, "grad_accum_steps": accum, "warmup_steps": warm, "warmup_seconds": warm_s,
         "steps": steps, "seconds": sec, "ms_per_step": ms, "tokens_per_s": tps,
         "peak_mem_mb": peak_mb, "peak_mem_kind": "cuda max_memory_allocated" if cuda else "process max RSS",

@@ -22,6 +22,21 @@ def test_bench_train_cpu(tmp_path):
     assert r["tokens_per_s"] > 0 and r["ms_per_step"] > 0 and r["mfu"] is None  # no CPU peak to compare with
 
 
+def test_bench_train_gpu_preset_on_cpu_times_two_sequences(tmp_path):
+    """`make bench-train PRESET=frontier` on CPU: a 786,432-token step would take an hour, so two
+    sequences are timed and the JSON keeps the preset's own step size beside it."""
+    out = tmp_path / "train.json"
+    small = ["--num-layers", "4", "--model-dim", "64", "--num-heads", "4", "--num-kv-heads", "2", "--train-seq-len", "64",
+             "--loop-start", "1", "--loop-end", "2", "--parallel-start-layer", "3", "--xsa-last-n", "4"]
+    _run("train", ["--preset", "frontier", "--steps", "1", "--warmup", "0", "--out", str(out), *small])
+    r = json.loads(out.read_text())
+    assert r["tokens_per_step"] == 128 and r["preset_tokens_per_step"] == 786_432
+    assert r["looped"] is True and r["tokens_per_s"] > 0
+    _run("train", ["--preset", "frontier", "--steps", "1", "--warmup", "0", "--out", str(out), *small,
+                   "--train-batch-tokens", "256"])  # asked for explicitly: kept
+    assert json.loads(out.read_text())["tokens_per_step"] == 256
+
+
 def test_bench_eval_cpu(tmp_path):
     out = tmp_path / "eval.json"
     _run("eval", ["--preset", "tiny", "--out", str(out)])
