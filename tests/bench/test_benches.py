@@ -19,6 +19,7 @@ def test_bench_train_cpu(tmp_path):
     _run("train", ["--preset", "tiny", "--steps", "1", "--warmup", "0", "--out", str(out)])
     r = json.loads(out.read_text())
     assert r["preset"] == "tiny" and r["steps"] == 1 and r["compile"] is False
+    assert r["tokens_per_step"] == r["preset_tokens_per_step"] == 4096  # a CPU preset is timed as it trains
     assert r["tokens_per_s"] > 0 and r["ms_per_step"] > 0 and r["mfu"] is None  # no CPU peak to compare with
 
 
