@@ -9,7 +9,6 @@ from modelkit import randomize
 from modelkit import small_cfg as _small_cfg
 
 from golf.core.config import GPTConfig
-from golf.core.utils import GolfError
 from golf.data.shards import BOS_ID
 from golf.eval.generate import sample
 from golf.model.embed import SmearGate
@@ -22,7 +21,8 @@ LA, LB, V = 11, 21, 64  # A ends mid-chunk (chunks of 8): resets inside a chunk 
 
 def small_cfg(**kw):
     return _small_cfg(**{"train_seq_len": LA + LB, "attn_window": 5, "stream_chunk": 8, "deltanet_chunk": 8,
-                         "doc_attention": True, "smear_gate": True, "bigram_vocab_size": 32, "bigram_dim": 8, **kw})
+                         "ttt_linear_chunk": 8, "doc_attention": True, "smear_gate": True, "bigram_vocab_size": 32,
+                         "bigram_dim": 8, **kw})
 
 
 def _docs(seed=0, batch=2):
@@ -57,16 +57,8 @@ def test_document_ids_and_resets():
     assert doc_resets(MixerContext()) is None and doc_resets(None) is None
 
 
-# mixers that cannot yet reset at BOS refuse DOC_ATTENTION=1 rather than leak across documents
-REFUSED = {"ttt_linear"}
-
-
 @pytest.mark.parametrize("mixer", sorted(MIXERS))
 def test_every_mixer_sees_one_document(mixer):
-    if mixer in REFUSED:
-        with pytest.raises(GolfError, match="DOC_ATTENTION"):
-            _model(mixers=mixer)
-        return
     m = _model(mixers=mixer)
     a, b = _docs()
     with torch.no_grad():
@@ -197,7 +189,7 @@ def test_off_by_default_and_bit_identical():
         assert torch.equal(m2(idx), out)
 
 
-@pytest.mark.parametrize("mixers", ["swa,attn", "stream,deltanet,hypermix,stream"])
+@pytest.mark.parametrize("mixers", ["swa,attn", "stream,deltanet,hypermix,stream", "attn,ttt_linear"])
 def test_generation_sees_one_document(mixers):
     """Full recompute and incremental decoding agree with DOC_ATTENTION (the decoder re-prefills at
     a boundary), and a prompt of two documents continues B as B alone does."""
