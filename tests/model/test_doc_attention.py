@@ -154,12 +154,14 @@ def test_smear_gate_does_not_cross_bos():
     assert torch.equal(y[:, 3], x[:, 3])  # BOS keeps its own embedding
 
 
-def test_flex_attention_document_mask_matches_the_bool_mask():
+@pytest.mark.parametrize("extra", [{}, dict(rmt_memory=2, rmt_segment=12)])
+def test_flex_attention_document_mask_matches_the_bool_mask(extra):
     """FLEX_ATTENTION=on (eager flex_attention on CPU: forward only) with the document mask_mod gives
-    the bool-mask path's outputs, memory-token prefix and window included."""
+    the bool-mask path's outputs, memory-token prefix, window and RMT's memory (a prefix with a
+    document's id) included."""
     pytest.importorskip("torch.nn.attention.flex_attention")
-    ref = _model(num_memory_tokens=2, mixers="swa,attn", flex_attention="off")
-    flex = GPT(small_cfg(num_memory_tokens=2, mixers="swa,attn", flex_attention="on")).eval()
+    ref = _model(num_memory_tokens=2, mixers="swa,attn", flex_attention="off", **extra)
+    flex = GPT(small_cfg(num_memory_tokens=2, mixers="swa,attn", flex_attention="on", **extra)).eval()
     flex.load_state_dict(ref.state_dict())
     assert all(b.mixer.flex == "on" for b in flex.blocks)
     idx = torch.randint(2, V, (2, LA + LB))
