@@ -122,7 +122,9 @@ def flex_window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, num_pref
 # document only (ctx.doc_ids, from the BOS positions), block-diagonal on top of the causal (and
 # window) mask. Memory-token prefix positions (doc id -1) stay visible to every document: they are
 # learned parameters, not another document's text; persistent-memory slots (attention_extra) have
-# no position and are likewise seen by every document. Positions stay those of the row (as in the
+# no position and are likewise seen by every document. RMT's memory, a summary of earlier segments,
+# is a prefix with a document's id (golf/model/mechanisms/rmt.py): only that document sees it (and,
+# being a prefix, beyond a sliding window too). Positions stay those of the row (as in the
 # record), so a document's distance to the prefix depends on where it starts. Credit: the
 # challenge's VarLen attention record (openai/parameter-golf PR #1354 / #1529: cu_seqlens from BOS
 # with flash_attn_varlen_func); here a bool mask (the reference, CPU) or a flex_attention
@@ -130,14 +132,15 @@ def flex_window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, num_pref
 
 
 def doc_mask(ctx: MixerContext, window: int) -> Tensor:
-    """bool [B, 1, T, T], True = may attend: causal, same document or a prefix key, and within
-    `window` (0 = no window) or a prefix key. Built once per forward and shape (ctx.memo)."""
+    """bool [B, 1, T, T], True = may attend: causal, same document or a key of no document (id -1:
+    memory tokens), and within `window` (0 = no window) or a prefix key. Built once per forward and
+    shape (ctx.memo)."""
     key = ("doc_mask", window)
     if key not in ctx.memo:
         d, P = ctx.doc_ids, ctx.num_prefix
         i = torch.arange(d.shape[1], device=d.device)[:, None]
         j = torch.arange(d.shape[1], device=d.device)[None, :]
-        keep = (j <= i) & ((d[:, :, None] == d[:, None, :]) | (j < P))
+        keep = (j <= i) & ((d[:, :, None] == d[:, None, :]) | (d[:, None, :] < 0))
         if window:
             keep &= (i - j < window) | (j < P)
         ctx.memo[key] = keep[:, None]
@@ -153,7 +156,7 @@ def flex_doc_attention(q: Tensor, k: Tensor, v: Tensor, ctx: MixerContext, windo
         d, P = ctx.doc_ids, ctx.num_prefix
 
         def mask_mod(b, h, q_idx, kv_idx):
-            keep = (kv_idx <= q_idx) & ((d[b, q_idx] == d[b, kv_idx]) | (kv_idx < P))
+            keep = (kv_idx <= q_idx) & ((d[b, q_idx] == d[b, kv_idx]) | (d[b, kv_idx] < 0))
             if window:
                 keep = keep & ((q_idx - kv_idx < window) | (kv_idx < P))
             return keep

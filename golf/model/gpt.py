@@ -175,7 +175,8 @@ class GPT(nn.Module):
     def stack(self, x: Tensor, doc_start: Tensor, num_memory: int = 0) -> Tensor:
         """The blocks: embeddings x [B, T, D] -> the last block's output [B, T, D] (not normed; the
         mechanisms' prefix added and dropped here). doc_start [B, T] is True at BOS; the first
-        num_memory positions of x are memory, visible to every position like a prefix."""
+        num_memory positions of x are memory, visible to every position like a prefix (with
+        DOC_ATTENTION: to the positions of the document open at the first real position)."""
         B, T = doc_start.shape
         mechs = tuple(self.mechanisms.values())
         for m in mechs:
@@ -184,10 +185,13 @@ class GPT(nn.Module):
         if P:
             doc_start = torch.cat([doc_start.new_zeros(B, P), doc_start], dim=1)
         cos, sin = self.rotary(P + T, x.device)
-        # memory positions (the mechanisms' prefix, RMT's memory) are no document: id -1
+        doc_ids = None
+        if self.cfg.doc_attention:  # the mechanisms' prefix is no document (id -1, seen by all); RMT's
+            # memory belongs to the document open at the segment's first token (golf/model/mechanisms/rmt.py)
+            doc_ids = document_ids(doc_start[:, P + num_memory:], P)
+            doc_ids = torch.cat([doc_ids[:, :P], doc_ids[:, P:P + 1].expand(-1, num_memory), doc_ids[:, P:]], dim=1)
         ctx = MixerContext(cos=cos, sin=sin, num_prefix=P + num_memory, doc_start=doc_start, mechanisms=mechs,
-                           doc_ids=document_ids(doc_start[:, P + num_memory:], P + num_memory)
-                           if self.cfg.doc_attention else None)
+                           doc_ids=doc_ids)
 
         # s: position in the run order, i: its logical layer (ln scale, lane weights, mechanisms, block via schedule).
         # From layer K on (parallel lanes) x is the attention lane, which the skips feed, and lane_m the MLP lane.

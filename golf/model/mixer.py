@@ -55,7 +55,8 @@ class MixerContext:
     """What a mixer may use besides x. Built once per forward by the backbone.
 
     cos/sin: rotary tables for positions [0, T) of the full sequence (prefix included), or None.
-    num_prefix: how many leading positions are memory tokens (not real text, visible to all).
+    num_prefix: how many leading positions are memory (not real text, visible to all; under
+    DOC_ATTENTION those with a document id, RMT's memory, to that document only).
     doc_start: bool [B, T], True at BOS positions (mixers with state may reset there), or None.
     doc_ids: long [B, T] with DOC_ATTENTION=1 (else None): the document of every position, from
     document_ids(); mixers then attend and carry state within a document only (see doc_resets).
@@ -103,7 +104,8 @@ def doc_resets(ctx: "MixerContext | None") -> Tensor | None:
     document differs from the one before: every BOS, and the first real token after a memory-token
     prefix), or None without DOC_ATTENTION. A state is a summary of everything before it, so a
     reset cannot keep the prefix and drop the previous document: recurrent layers do not see memory
-    tokens under DOC_ATTENTION (attention layers do)."""
+    tokens under DOC_ATTENTION (attention layers do). RMT's memory has the id of the document it
+    belongs to (golf/model/mechanisms/rmt.py), so a recurrent state of that document starts there."""
     d = None if ctx is None else ctx.doc_ids
     if d is None:
         return None

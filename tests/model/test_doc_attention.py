@@ -9,7 +9,6 @@ from modelkit import randomize
 from modelkit import small_cfg as _small_cfg
 
 from golf.core.config import GPTConfig
-from golf.core.utils import GolfError
 from golf.data.shards import BOS_ID
 from golf.eval.generate import sample
 from golf.model.embed import SmearGate
@@ -22,7 +21,8 @@ LA, LB, V = 11, 21, 64  # A ends mid-chunk (chunks of 8): resets inside a chunk 
 
 def small_cfg(**kw):
     return _small_cfg(**{"train_seq_len": LA + LB, "attn_window": 5, "stream_chunk": 8, "deltanet_chunk": 8,
-                         "doc_attention": True, "smear_gate": True, "bigram_vocab_size": 32, "bigram_dim": 8, **kw})
+                         "ttt_linear_chunk": 8, "doc_attention": True, "smear_gate": True, "bigram_vocab_size": 32,
+                         "bigram_dim": 8, **kw})
 
 
 def _docs(seed=0, batch=2):
@@ -57,16 +57,8 @@ def test_document_ids_and_resets():
     assert doc_resets(MixerContext()) is None and doc_resets(None) is None
 
 
-# mixers that cannot yet reset at BOS refuse DOC_ATTENTION=1 rather than leak across documents
-REFUSED = {"ttt_linear"}
-
-
 @pytest.mark.parametrize("mixer", sorted(MIXERS))
 def test_every_mixer_sees_one_document(mixer):
-    if mixer in REFUSED:
-        with pytest.raises(GolfError, match="DOC_ATTENTION"):
-            _model(mixers=mixer)
-        return
     m = _model(mixers=mixer)
     a, b = _docs()
     with torch.no_grad():
@@ -162,12 +154,14 @@ def test_smear_gate_does_not_cross_bos():
     assert torch.equal(y[:, 3], x[:, 3])  # BOS keeps its own embedding
 
 
-def test_flex_attention_document_mask_matches_the_bool_mask():
+@pytest.mark.parametrize("extra", [{}, dict(rmt_memory=2, rmt_segment=12)])
+def test_flex_attention_document_mask_matches_the_bool_mask(extra):
     """FLEX_ATTENTION=on (eager flex_attention on CPU: forward only) with the document mask_mod gives
-    the bool-mask path's outputs, memory-token prefix and window included."""
+    the bool-mask path's outputs, memory-token prefix, window and RMT's memory (a prefix with a
+    document's id) included."""
     pytest.importorskip("torch.nn.attention.flex_attention")
-    ref = _model(num_memory_tokens=2, mixers="swa,attn", flex_attention="off")
-    flex = GPT(small_cfg(num_memory_tokens=2, mixers="swa,attn", flex_attention="on")).eval()
+    ref = _model(num_memory_tokens=2, mixers="swa,attn", flex_attention="off", **extra)
+    flex = GPT(small_cfg(num_memory_tokens=2, mixers="swa,attn", flex_attention="on", **extra)).eval()
     flex.load_state_dict(ref.state_dict())
     assert all(b.mixer.flex == "on" for b in flex.blocks)
     idx = torch.randint(2, V, (2, LA + LB))
@@ -197,7 +191,7 @@ def test_off_by_default_and_bit_identical():
         assert torch.equal(m2(idx), out)
 
 
-@pytest.mark.parametrize("mixers", ["swa,attn", "stream,deltanet,hypermix,stream"])
+@pytest.mark.parametrize("mixers", ["swa,attn", "stream,deltanet,hypermix,stream", "attn,ttt_linear"])
 def test_generation_sees_one_document(mixers):
     """Full recompute and incremental decoding agree with DOC_ATTENTION (the decoder re-prefills at
     a boundary), and a prompt of two documents continues B as B alone does."""

@@ -23,6 +23,21 @@ starts from the learned memory). Generation: full recompute over the context (wh
 memory the same way); the incremental decoder is switched off for RMT models (`incremental = False`).
 Segments are cut at fixed offsets, not at BOS; other mechanisms (memory-token prefix, weight-tied
 depth, persistent memory) apply inside each segment as usual.
+
+Documents (DOC_ATTENTION=1): the memory belongs to one document. The memory a segment reads belongs
+to the document open at its first token: it is the memory the previous segment wrote, or the learned
+initial memory when the segment starts with BOS (and for the first segment). It carries that
+document's id (golf/model/gpt.py GPT.stack), so that document's tokens see it (attention, and
+recurrent layers, whose state of that document starts at the memory) and a document that begins
+later in the segment does not. The write positions come after the segment's tokens and carry the
+id of its last document; their inputs are the read memory's vectors when that document is the one
+the read memory belongs to, else the initial memory's (as for the document alone): the memory
+written is that document's alone, and it is the document open at the next segment's first token
+unless that token is BOS. So no information crosses a BOS: changing a document changes nothing of
+any other (tests/model/mechanisms/test_rmt.py). Difference from running a document alone: a document that starts at a segment boundary is exactly
+as alone (it reads the initial memory, then its own). One that starts inside a segment sees no memory
+until the next segment (alone, it would read the initial memory there), and its segments are cut at
+the row's offsets, not at multiples of RMT_SEGMENT from its start.
 """
 from __future__ import annotations
 
@@ -53,14 +68,12 @@ class RecurrentMemory(ModelMechanism):
     def __init__(self, cfg: GPTConfig):
         super().__init__(cfg)
         self.num_memory, self.segment, self.bptt = int(cfg.rmt_memory), int(cfg.rmt_segment), int(cfg.rmt_bptt)
+        self.doc_attention = bool(cfg.doc_attention)
         if self.segment < 1:
             raise GolfError(f"RMT_SEGMENT={self.segment} must be >= 1 (tokens per segment) with RMT_MEMORY > 0")
         if self.bptt < -1:
             raise GolfError(f"RMT_BPTT={self.bptt} must be >= 0 (segment transitions to backpropagate through) "
                             "or -1 (full BPTT)")
-        if cfg.doc_attention:  # the memory is carried from segment to segment, across documents
-            raise GolfError("RMT_MEMORY > 0 carries its memory across document boundaries, which DOC_ATTENTION=1 "
-                            "forbids; set DOC_ATTENTION=0 for RMT (a reset at BOS is not built yet)")
         # unit scale, like the RMS-normed embeddings the memory sits next to
         self.memory = tag(nn.Parameter(torch.randn(self.num_memory, int(cfg.model_dim))),
                           quant="control", optim="memory")
@@ -83,7 +96,13 @@ class RecurrentMemory(ModelMechanism):
                 mem = mem.detach()
             seg = x[:, s * S:(s + 1) * S]
             L = seg.shape[1]
-            out = stack(torch.cat([mem, seg, mem], dim=1),
+            write = mem
+            if self.doc_attention:  # see the module docstring
+                init = self.initial_memory(B, x.dtype)
+                mem = torch.where(doc_start[:, s * S, None, None], init, mem)  # a segment starting a document
+                # the write positions' inputs: the read memory only if its document is still open at the end
+                write = torch.where(doc_start[:, s * S + 1:(s + 1) * S].any(1)[:, None, None], init, mem)
+            out = stack(torch.cat([mem, seg, write], dim=1),
                         torch.cat([no_doc, doc_start[:, s * S:(s + 1) * S], no_doc], dim=1), M)
             outs.append(out[:, M:M + L])
             mem = rms_norm(out[:, M + L:])

@@ -33,7 +33,19 @@ tests/model/mechanisms/test_ttt_linear.py checks the two agree in values and gra
 Output: o is RMS-normed per head, gated by SiLU(W_g x) and projected out (zero-initialised: a fresh
 layer is the identity), as in deltanet. Left out of the paper's layer for simplicity: the causal
 conv before q/k and RoPE inside mini-batches. The inner loop runs in fp32 with autocast off.
-Documents: no reset at BOS (memory-token prefixes must stay readable; as for stream/deltanet).
+
+Documents: by default no reset at BOS (memory-token prefixes must stay readable; as for stream and
+deltanet). With DOC_ATTENTION=1 every document runs exactly as it would alone: at its first position
+(golf.model.mixer.doc_resets: every BOS, and the first token after a memory-token prefix) the fast
+weights restart from the learned W0, b0 and a fresh mini-batch starts, so its mini-batches are counted
+from its own first token. No gradient step on an earlier document's tokens reaches it, and no
+within-mini-batch term either: in the dual form every document starts a new mini-batch of C slots
+(ttt_linear_documents spreads the tokens into that padded layout, at most C - 1 padding slots per
+document, and gathers them back). The number of mini-batches then depends on the data: one host sync
+and a graph break per layer under torch.compile, the count rounded up to a few sizes so graphs are
+reused. Generation: the carried state holds a token count per row; golf/eval/generate.py re-prefills
+(an exact masked forward) when it reads a BOS, which restarts the state. The step-by-step reference
+`forward_recurrent` restarts the state at the same positions; the tests check the two agree.
 """
 from __future__ import annotations
 
@@ -44,7 +56,7 @@ from torch import Tensor, nn
 from golf.core.config import GPTConfig
 from golf.core.utils import GolfError
 from golf.model.layers import CastedLinear, rms_norm
-from golf.model.mixer import MixerContext, SequenceMixer, tag
+from golf.model.mixer import MixerContext, SequenceMixer, doc_resets, tag
 
 LN_EPS = 1e-6
 
@@ -65,21 +77,13 @@ def inner_ln_l2_grad(z: Tensor, target: Tensor, w: Tensor, b: Tensor) -> Tensor:
     return (gx - gx.mean(-1, keepdim=True) - xhat * (gx * xhat).mean(-1, keepdim=True)) * rstd
 
 
-def ttt_linear_dual(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, W0: Tensor, b0: Tensor, ln_w: Tensor,
-                    ln_b: Tensor, chunk: int) -> tuple[Tensor, tuple]:
-    """Mini-batch TTT-Linear in the dual form. q, k, v [B, H, T, hd]; eta [B, H, T] (inner LR per token);
-    W0 [H, hd, hd], b0, ln_w, ln_b [H, hd]. Returns (inner outputs z_t = q_t W_t + b_t [B, H, T, hd],
-    the recurrent state after the last position, see TTTLinear.step)."""
-    B, H, T, hd = q.shape
-    C = chunk
-    pad = (-T) % C
-    if pad:  # trailing zeros (k = q = v = 0, eta = 0) leave earlier outputs untouched
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-        eta = F.pad(eta, (0, pad))
-    n = (T + pad) // C
-    q, k, v = (t.reshape(B, H, n, C, hd) for t in (q, k, v))
-    eta = eta.reshape(B, H, n, C)
-    lw, lb = ln_w[:, None, :], ln_b[:, None, :]  # [H, 1, hd]
+def _minibatches(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, W0: Tensor, b0: Tensor, lw: Tensor, lb: Tensor,
+                 restart: Tensor | None = None) -> tuple[Tensor, tuple]:
+    """The dual form over n mini-batches of C tokens: q, k, v [B, H, n, C, hd], eta [B, H, n, C];
+    restart [B, n] (or None): mini-batch j starts from (W0, b0), not from the previous one's end (a
+    document's first). Returns z [B, H, n, C, hd] and the last mini-batch's (start W, start b
+    [B, H, 1, hd], un-averaged sums GW, Gb, end W, end b)."""
+    B, H, n, C, hd = q.shape
     inv_i = 1.0 / torch.arange(1, C + 1, device=q.device, dtype=q.dtype)  # token_idx: 1 / (position in mini-batch)
     lower = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     # A[t, s] = (q_t . k_s + 1) * eta_s / i_t for s <= t: the "+1" is the bias's share of the update
@@ -89,19 +93,87 @@ def ttt_linear_dual(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, W0: Tensor, b0
     b = b0[None, :, None, :].expand(B, -1, -1, -1)  # [B, H, 1, hd]
     zs = []
     W_start, b_start, GW, Gb = W, b, None, None
-    for q_i, k_i, t_i, A_i, e_i in zip(q.unbind(2), k.unbind(2), target.unbind(2), A.unbind(2), eta.unbind(2)):
+    restarts = restart.unbind(1) if restart is not None else [None] * n
+    for q_i, k_i, t_i, A_i, e_i, r in zip(q.unbind(2), k.unbind(2), target.unbind(2), A.unbind(2), eta.unbind(2),
+                                          restarts):
+        if r is not None:  # a new document: its fast weights restart from the learned initial ones
+            r = r[:, None, None, None]
+            W, b = torch.where(r, W0, W), torch.where(r, b0[:, None, :], b)
         G = inner_ln_l2_grad(k_i @ W + b, t_i, lw, lb)  # [B, H, C, hd], all at the mini-batch's W_0
         zs.append(q_i @ W + b - A_i @ G)
         Ge = G * e_i[..., None]
         W_start, b_start = W, b
         GW, Gb = k_i.transpose(-1, -2) @ Ge, Ge.sum(-2, keepdim=True)  # un-averaged sums of the mini-batch
         W, b = W - GW / C, b - Gb / C
-    z = torch.stack(zs, dim=2).reshape(B, H, n * C, hd)[:, :, :T]
+    return torch.stack(zs, dim=2), (W_start, b_start, GW, Gb, W, b)
+
+
+def ttt_linear_dual(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, W0: Tensor, b0: Tensor, ln_w: Tensor,
+                    ln_b: Tensor, chunk: int, reset: Tensor | None = None) -> tuple[Tensor, tuple]:
+    """Mini-batch TTT-Linear in the dual form. q, k, v [B, H, T, hd]; eta [B, H, T] (inner LR per token);
+    W0 [H, hd, hd], b0, ln_w, ln_b [H, hd]; reset [B, T] or None: True where a document starts (DOC_ATTENTION,
+    see ttt_linear_documents). Returns (inner outputs z_t = q_t W_t + b_t [B, H, T, hd], the recurrent
+    state after the last position, see TTTLinear.step)."""
+    if reset is not None:
+        return ttt_linear_documents(q, k, v, eta, W0, b0, ln_w, ln_b, chunk, reset)
+    B, H, T, hd = q.shape
+    C = chunk
+    pad = (-T) % C
+    if pad:  # trailing zeros (k = q = v = 0, eta = 0) leave earlier outputs untouched
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        eta = F.pad(eta, (0, pad))
+    n = (T + pad) // C
+    q, k, v = (t.reshape(B, H, n, C, hd) for t in (q, k, v))
+    z, (W_start, b_start, GW, Gb, W, b) = _minibatches(q, k, v, eta.reshape(B, H, n, C), W0, b0,
+                                                        ln_w[:, None, :], ln_b[:, None, :])
+    z = z.reshape(B, H, n * C, hd)[:, :, :T]
     r = T - (n - 1) * C  # real tokens in the last mini-batch
     if r == C:  # it is complete: the next token starts a fresh mini-batch from its end weights
         state = (W, b[:, :, 0], torch.zeros_like(GW), torch.zeros_like(Gb[:, :, 0]), 0)
     else:
         state = (W_start, b_start[:, :, 0], GW, Gb[:, :, 0], r)
+    return z, state
+
+
+def ttt_linear_documents(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, W0: Tensor, b0: Tensor, ln_w: Tensor,
+                         ln_b: Tensor, chunk: int, reset: Tensor) -> tuple[Tensor, tuple]:
+    """ttt_linear_dual with a restart wherever reset [B, T] is True: every document runs exactly as it
+    would alone (its mini-batches counted from its first token, its fast weights from W0, b0).
+    Mini-batches are then not at fixed offsets, so the tokens are spread into a padded layout where
+    each document starts a fresh mini-batch of C slots (padding slots have k = q = v = 0 and eta = 0:
+    no update, and no within-mini-batch term reaches them or comes from them), rows right-aligned so
+    every row's last token sits in the last mini-batch (the carried state), then gathered back. The
+    state's token count is then a tensor [B] (rows differ)."""
+    B, H, T, hd = q.shape
+    C = chunk
+    pos = torch.arange(T, device=q.device)
+    first = reset.clone()
+    first[:, 0] = True  # the row's first token starts a document (or a fragment of one)
+    rel = pos - torch.where(first, pos, 0).cummax(1).values  # position inside the document
+    mb = (rel % C == 0).long().cumsum(1) - 1  # each token's mini-batch, counted over the row
+    count = mb[:, -1] + 1
+    # how many mini-batches the longest row needs: data-dependent (a graph break under torch.compile),
+    # rounded up to a few sizes so compiled graphs are reused; extra leading mini-batches hold padding only
+    grid = -(-T // C)
+    step = -(-grid // 8)
+    n = -(-int(count.max()) // step) * step
+    mb = mb + (n - count)[:, None]
+    slot = (mb * C + rel % C)[:, None, :]  # [B, 1, T]
+    restart = torch.zeros(B, n, dtype=torch.long, device=q.device).scatter_add(1, mb, first.long()) > 0
+
+    def spread(t: Tensor) -> Tensor:  # [B, H, T, ...] -> [B, H, n * C, ...]
+        idx = slot.reshape(B, 1, T, *[1] * (t.ndim - 3)).expand_as(t)
+        return t.new_zeros(B, H, n * C, *t.shape[3:]).scatter(2, idx, t)
+
+    q, k, v = (spread(t).reshape(B, H, n, C, hd) for t in (q, k, v))
+    z, (W_start, b_start, GW, Gb, W, b) = _minibatches(q, k, v, spread(eta).reshape(B, H, n, C), W0, b0,
+                                                        ln_w[:, None, :], ln_b[:, None, :], restart)
+    z = z.reshape(B, H, n * C, hd).gather(2, slot[..., None].expand(B, H, T, hd))
+    fill = rel[:, -1] % C + 1  # real tokens in each row's last mini-batch
+    full = fill == C  # complete: the next token starts a fresh mini-batch from its end weights
+    f4 = full[:, None, None, None]
+    state = (torch.where(f4, W, W_start), torch.where(f4, b, b_start)[:, :, 0], GW.masked_fill(f4, 0),
+             Gb.masked_fill(f4, 0)[:, :, 0], fill.masked_fill(full, 0))
     return z, state
 
 
@@ -121,9 +193,6 @@ class TTTLinear(SequenceMixer):
             raise GolfError(f"TTT_LINEAR_CHUNK={cfg.ttt_linear_chunk} must be >= 1 (the TTT mini-batch size)")
         if not float(cfg.ttt_linear_lr) >= 0:
             raise GolfError(f"TTT_LINEAR_LR={cfg.ttt_linear_lr} must be >= 0 (the inner learning rate)")
-        if cfg.doc_attention:  # its fast weights are trained through every earlier token, across documents
-            raise GolfError("MIXERS=ttt_linear carries its fast weights across document boundaries, which "
-                            "DOC_ATTENTION=1 forbids; set DOC_ATTENTION=0 with ttt_linear (a reset at BOS is not built yet)")
         hd = D // H
         self.dim, self.num_heads, self.head_dim = D, H, hd
         self.chunk = int(cfg.ttt_linear_chunk)
@@ -169,14 +238,15 @@ class TTTLinear(SequenceMixer):
         q, k, v, eta = self._views(x)
         with torch.autocast(x.device.type, enabled=False):  # the inner model trains: keep it fp32
             z, state = ttt_linear_dual(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), eta.transpose(1, 2),
-                                       *self._inner_params(), self.chunk)
+                                       *self._inner_params(), self.chunk, doc_resets(ctx))
             y = self._out(q, z.transpose(1, 2), x)
         return y, state
 
     # --- recurrent form ------------------------------------------------------------------------
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> tuple:
         """(W_0 [B, H, hd, hd], b_0 [B, H, hd] of the current mini-batch, the sums of eta_s k_s^T G_s and
-        eta_s G_s over its tokens so far, and how many it has seen (a Python int))."""
+        eta_s G_s over its tokens so far, and how many it has seen: a Python int, or a long tensor [B]
+        when rows differ (after documents: forward_with_state / forward_recurrent with DOC_ATTENTION))."""
         W0, b0 = self.W0.float().to(device), self.b0.float().to(device)
         W = W0[None].expand(batch, -1, -1, -1)
         b = b0[None].expand(batch, -1, -1)
@@ -192,9 +262,35 @@ class TTTLinear(SequenceMixer):
             GW = GW + k[..., :, None] * Ge[..., None, :]
             Gb = Gb + Ge
             i = i + 1
-            W, b = W0 - GW / i, b0 - Gb / i
+            if isinstance(i, int):
+                W, b = W0 - GW / i, b0 - Gb / i
+            else:  # a count per row
+                n = i.to(GW.dtype)[:, None, None]
+                W, b = W0 - GW / n[..., None], b0 - Gb / n
             z = torch.einsum("bhk,bhkv->bhv", q, W) + b
             y = self._out(q, z, x_t)
+        if isinstance(i, Tensor):  # rows at different places in their mini-batches
+            full = i == self.chunk
+            f3, f4 = full[:, None, None], full[:, None, None, None]
+            return y, (torch.where(f4, W, W0), torch.where(f3, b, b0), GW.masked_fill(f4, 0), Gb.masked_fill(f3, 0),
+                       i.masked_fill(full, 0))
         if i == self.chunk:  # mini-batch complete: its end weights start the next one
             return y, (W, b, torch.zeros_like(GW), torch.zeros_like(Gb), 0)
         return y, (W0, b0, GW, Gb, i)
+
+    def forward_recurrent(self, x: Tensor, ctx: MixerContext | None = None) -> Tensor:
+        """Reference: `step` over the sequence; with DOC_ATTENTION a row's state goes back to the
+        start (W0, b0, nothing accumulated, a fresh mini-batch) at every document's first position."""
+        reset = doc_resets(ctx)
+        if reset is None:
+            return super().forward_recurrent(x, ctx)
+        *init, _ = self.init_state(x.shape[0], x.device, x.dtype)
+        state = (*init, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+        init = (*init, state[-1])
+        ys = []
+        for t in range(x.shape[1]):
+            r = reset[:, t]
+            state = tuple(torch.where(r.reshape(-1, *[1] * (s.ndim - 1)), s0, s) for s0, s in zip(init, state))
+            y, state = self.step(x[:, t], state)
+            ys.append(y)
+        return torch.stack(ys, dim=1)

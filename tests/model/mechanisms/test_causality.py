@@ -62,6 +62,8 @@ FRONTIER_ATTN = dict(xsa_last_n=2, sparse_attn_gate_enabled=True, gate_window=8,
 @pytest.mark.parametrize("extra", [dict(), ALL_ON, dict(ALL_ON, unique_layers=0, mixers="swa_pattern", global_every=2),
                                    dict(ALL_ON, mixers="ttt_linear,attn"),
                                    dict(ALL_ON, rmt_memory=2, rmt_segment=7),  # RMT: segments 7+7+7+3
+                                   dict(ALL_ON, mixers="ttt_linear,attn", doc_attention=True),
+                                   dict(ALL_ON, rmt_memory=2, rmt_segment=7, mixers="swa,deltanet", doc_attention=True),
                                    FRONTIER_ATTN, dict(FRONTIER_ATTN, sparse_attn_gate_enabled=False,
                                                        attn_out_gate_enabled=True, num_memory_tokens=P)])
 def test_full_model_is_causal(extra):

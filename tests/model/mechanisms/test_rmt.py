@@ -1,7 +1,8 @@
 """Recurrent Memory Transformer: off by default, parameters and tags, segment carry (a 2-segment
 sequence = segment 1, then segment 2 from the memory segment 1 wrote), the read memory stays visible
-to sliding-window layers, truncated BPTT cuts gradients where RMT_BPTT says, bad settings, and
-generation by full recompute. (Full-model causality: test_causality.py.)"""
+to sliding-window layers, truncated BPTT cuts gradients where RMT_BPTT says, bad settings,
+generation by full recompute, and with DOC_ATTENTION=1 the memory reset at documents (no information
+crosses a BOS; a document at a segment boundary is as alone). (Full-model causality: test_causality.py.)"""
 import pytest
 import torch
 from modelkit import randomize
@@ -115,6 +116,79 @@ def test_bad_settings_are_clear_errors(over, name):
         Hyperparameters(rmt_memory=-1).finalize()
 
 
-def test_doc_attention_is_refused_until_memory_resets_at_bos():
-    with pytest.raises(GolfError, match="DOC_ATTENTION"):
-        GPT(small_cfg(doc_attention=True))
+def _with_docs(T, bos, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(2, 64, (len(bos), T), generator=g)
+    for row, ts in enumerate(bos):
+        idx[row, list(ts)] = BOS_ID
+    return idx
+
+
+# segments of 8: a document from mid-segment 0 to mid-segment 2 (3 -> 19); BOS at a segment's first
+# token (8, 16), at its last (15), consecutive (9, 10), two in one segment (19, 22); a row with none
+DOCS = [(0, 3, 19, 22), (8, 9, 10, 15), (16,), ()]
+
+
+@pytest.mark.parametrize("mixers", ["", "swa,stream"])
+def test_doc_attention_no_information_crosses_a_bos(mixers):
+    """DOC_ATTENTION=1: changing any token before a BOS (of any earlier document) changes nothing from
+    that BOS on, through the memory carried from segment to segment included."""
+    m = model(5, doc_attention=True, mixers=mixers, attn_window=3)
+    T = 3 * S
+    idx = _with_docs(T, DOCS)
+    with torch.no_grad():
+        out = m(idx)
+        for row, bos in enumerate(DOCS):
+            for b in bos:
+                for t in range(b):
+                    idx2 = idx.clone()
+                    idx2[row, t] = (idx2[row, t] + 7) % 62 + 2
+                    assert torch.equal(m(idx2)[row, b:], out[row, b:]), (row, b, t)
+
+
+def test_doc_attention_documents_at_segment_boundaries_are_as_alone():
+    """A document that starts at a segment boundary reads the initial memory, then its own: its outputs
+    are those of the document run alone; and a BOS only in a later segment leaves every earlier
+    output as it was (the memory is reset only where a document starts)."""
+    m = model(6, doc_attention=True)
+    a, b = _with_docs(S, [(0,)], 1), _with_docs(2 * S + 3, [(0,)], 2)
+    with torch.no_grad():
+        packed = m(torch.cat([a, b], 1))
+        torch.testing.assert_close(packed[:, S:], m(b), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(packed[:, :S], m(a), rtol=1e-5, atol=1e-5)
+        # without DOC_ATTENTION, the same row: b reads a's memory
+        off = model(6)
+        assert not torch.allclose(off(torch.cat([a, b], 1))[:, S:], off(b))
+
+
+def test_doc_attention_memory_belongs_to_the_open_document():
+    """The document open at a segment's start keeps reading its carried memory after another document
+    begins in that segment; a document that begins inside a segment reads no memory there, and from
+    the next segment on the memory it wrote itself, starting from the initial memory's vectors."""
+    m = model(7, doc_attention=True)
+    rmt = m.mechanisms["rmt"]
+    idx = _with_docs(3 * S, [(0, S + 5)])  # document 1: 0 .. S+4, document 2: S+5 .. end
+    with torch.no_grad():
+        out = m(idx)
+        idx2 = idx.clone()
+        idx2[0, 2] = (idx2[0, 2] + 7) % 62 + 2  # segment 0 of document 1 ...
+        out2 = m(idx2)
+        assert not torch.allclose(out2[0, S:S + 5], out[0, S:S + 5])  # ... reaches its tokens in segment 1
+        assert torch.equal(out2[0, S + 5:], out[0, S + 5:])
+        rmt.memory.add_(1.0)
+        out3 = m(idx)
+        assert not torch.allclose(out3[0, :S + 5], out[0, :S + 5])
+        assert torch.equal(out3[0, S + 5:2 * S], out[0, S + 5:2 * S])
+        assert not torch.allclose(out3[0, 2 * S:], out[0, 2 * S:])
+
+
+def test_doc_attention_generation_continues_a_document_as_alone():
+    """Generation (full recompute): a prompt [A, start of B] with B at a segment boundary continues B
+    as B alone does."""
+    m = model(8, doc_attention=True)
+    a, b = _with_docs(S, [(0,)], 3), _with_docs(S + 2, [(0,)], 4)
+    kw = dict(temperature=0, stop_at_bos=False, return_logits=True)
+    ids, logits = sample(m, torch.cat([a, b], 1), 5, **kw)
+    ids_alone, logits_alone = sample(m, b, 5, **kw)
+    assert torch.equal(ids, ids_alone)
+    torch.testing.assert_close(logits, logits_alone, rtol=1e-4, atol=1e-4)

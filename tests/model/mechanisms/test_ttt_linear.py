@@ -1,6 +1,7 @@
 """TTT-Linear: dual form (mini-batch, chunked) vs token-by-token recurrence in values and gradients,
 the core against a literal mini-batch gradient-descent loop with autograd's inner gradients,
-causality, parameter count and tags, prefill-then-step, bad settings."""
+causality, parameter count and tags, prefill-then-step, bad settings; with DOC_ATTENTION document
+resets at hostile places (dual vs recurrent, each document as alone, isolation, prefill-then-step)."""
 from dataclasses import replace
 
 import pytest
@@ -10,7 +11,7 @@ from modelkit import grads_of, live_mixer
 from golf.core.config import GPTConfig, Hyperparameters
 from golf.core.utils import GolfError
 from golf.model.mechanisms.ttt_linear import TTTLinear, inner_ln, ttt_linear_dual
-from golf.model.mixer import MixerContext, optim_group_of, quant_group_of
+from golf.model.mixer import MixerContext, document_ids, optim_group_of, quant_group_of
 
 CFG = GPTConfig(model_dim=32, num_heads=4, ttt_linear_heads=2, ttt_linear_chunk=16)
 
@@ -31,6 +32,73 @@ def test_dual_form_matches_recurrent(chunk, T, heads):
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
     for g, g_ref in zip(grads_of(m, x, y), grads_of(m, x, y_ref)):
         torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
+
+
+def _docs_ctx(T, bos, prefix=0):
+    """MixerContext with DOC_ATTENTION document ids: BOS at the given positions of each row."""
+    mask = torch.zeros(len(bos), T - prefix, dtype=torch.bool)
+    for row, ts in enumerate(bos):
+        mask[row, list(ts)] = True
+    return MixerContext(num_prefix=prefix, doc_ids=document_ids(mask, prefix))
+
+
+# chunk 5: BOS at 0; at a mini-batch's last position (4: [0..4]); at a mini-batch's first (9: the document
+# from 4 runs [4..8], [9..13]) and at a fixed-grid chunk's first (10, 15); consecutive (7, 8); two in one
+# mini-batch (12, 14); at the last position (22); a row with none (it starts mid-document)
+HOSTILE = [(0, 4, 9, 15), (7, 8, 10, 12, 14, 22), ()]
+
+
+@pytest.mark.parametrize("chunk,prefix", [(5, 0), (5, 2), (4, 0), (1, 0), (16, 0)])
+def test_dual_form_matches_recurrent_with_document_resets(chunk, prefix):
+    """DOC_ATTENTION: the fast weights restart from W0, b0 at every document's first position (and a
+    fresh mini-batch starts there); the dual form equals the step-by-step form with those restarts."""
+    m = make(chunk, ttt_linear_chunk=chunk)
+    with torch.no_grad():
+        m.ln_weight.add_(torch.randn_like(m.ln_weight) * 0.3)
+        m.b0.add_(torch.randn_like(m.b0) * 0.1)
+    T = 23 + prefix
+    ctx = _docs_ctx(T, HOSTILE, prefix)
+    x = torch.randn(3, T, 32, requires_grad=True)
+    y, y_ref = m(x, ctx), m.forward_recurrent(x, ctx)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+    for g, g_ref in zip(grads_of(m, x, y), grads_of(m, x, y_ref)):  # fp32 rounding (fp64: ~1e-12 apart)
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=5e-5)
+    # every document is what it is alone (the row's first segment too: a document fragment)
+    for row, bos in enumerate(HOSTILE):
+        cuts = sorted({0, prefix, *(prefix + t for t in bos), T})
+        for a, b in zip(cuts, cuts[1:]):
+            alone = m(x[row:row + 1, a:b], MixerContext())
+            torch.testing.assert_close(y[row:row + 1, a:b], alone, rtol=1e-4, atol=1e-5)
+
+
+def test_documents_change_nothing_in_later_documents():
+    """Changing the tokens before a BOS changes no output (nor gradient) from the BOS on."""
+    m = make(4, ttt_linear_chunk=4)
+    ctx = _docs_ctx(20, [(6,), (13,)])
+    x = torch.randn(2, 20, 32)
+    y = m(x, ctx)
+    x2 = x.clone()
+    x2[0, :6] += torch.randn(6, 32) * 3
+    x2[1, :13] += torch.randn(13, 32) * 3
+    y2 = m(x2, ctx)
+    assert torch.equal(y2[0, 6:], y[0, 6:]) and torch.equal(y2[1, 13:], y[1, 13:])
+    assert not torch.allclose(y2[0, :6], y[0, :6])
+
+
+def test_prefill_with_documents_then_step():
+    """Generation: a prefill over documents leaves each row at its own place in its mini-batch (a count
+    per row); stepping on gives the full forward's outputs."""
+    m = make(5, ttt_linear_chunk=4)
+    T = 19
+    ctx = _docs_ctx(T + 5, [(3, 9), (11,), (0, 15)])
+    x = torch.randn(3, T + 5, 32)
+    y = m(x, ctx)
+    y_pre, state = m.forward_with_state(x[:, :T], _docs_ctx(T, [(3, 9), (11,), (0, 15)]))
+    assert state[-1].tolist() == [2, 0, 0]  # 10 tokens since BOS at 9 (2 into the third mini-batch); 8; 4
+    torch.testing.assert_close(y_pre, y[:, :T])
+    for t in range(T, T + 5):
+        y_t, state = m.step(x[:, t], state)
+        torch.testing.assert_close(y_t, y[:, t], rtol=1e-4, atol=1e-5)
 
 
 def test_core_is_minibatch_gradient_descent_on_the_reconstruction_loss():
@@ -114,8 +182,7 @@ def test_parameter_tags_and_count():
 
 @pytest.mark.parametrize("over,name", [(dict(ttt_linear_heads=5), "TTT_LINEAR_HEADS"),
                                        (dict(ttt_linear_chunk=0), "TTT_LINEAR_CHUNK"),
-                                       (dict(ttt_linear_lr=-1.0), "TTT_LINEAR_LR"),
-                                       (dict(doc_attention=True), "DOC_ATTENTION")])
+                                       (dict(ttt_linear_lr=-1.0), "TTT_LINEAR_LR")])
 def test_bad_settings_are_clear_errors(over, name):
     with pytest.raises(GolfError, match=name):
         TTTLinear(replace(CFG, **over), 0)
