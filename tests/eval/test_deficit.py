@@ -68,3 +68,27 @@ def test_buckets_from_score_reports():
     assert t["deficit"]["mean"] == [0.0, None] and t["mechanisms"]["m"]["closure"] == [None, None]
     with pytest.raises(GolfError, match="arm base seed #1: .* no position buckets at context 512; score it with --contexts 512"):
         from_reports([rep], 512, "arm base")
+
+
+def test_buckets_from_a_real_score_report(tmp_path):
+    """The deficit reads what the score stage writes: an artifact scored at two contexts."""
+    import numpy as np
+    import torch
+    from datakit import token_folder
+
+    from golf.compress import artifact
+    from golf.core.config import Hyperparameters
+    from golf.data.tokenizer import ByteTokenizer
+    from golf.eval.score import score
+    from golf.model.gpt import GPT
+
+    tok = ByteTokenizer()
+    data = token_folder(tmp_path / "data", tok, train=np.arange(4, 260), val=np.tile(np.arange(4, 260), 2))
+    h = Hyperparameters(vocab_size=260, num_layers=1, model_dim=32, num_heads=4, num_kv_heads=2, num_memory_tokens=0,
+                        bigram_vocab_size=0, mtp_num_heads=0, train_seq_len=64)
+    torch.manual_seed(0)
+    artifact.save_artifact(tmp_path / "m.ptz", GPT(h.model_config(), with_mtp=False), h, tok.sha256)
+    rep = score(tmp_path / "m.ptz", data, seq_len=64, stride=64, contexts="128,256", device="cpu", compile=False)
+    a = from_reports([rep], 256, "arm x")
+    assert a.buckets == [(0, 64), (64, 128), (128, 192), (192, 256)] and all(v > 0 for v in a.bpb[0])
+    assert from_reports([rep], 128, "arm x").buckets == [(0, 64), (64, 128)]
