@@ -27,8 +27,17 @@ PROMPT ?=
 OUT ?=
 GITHUB_ID ?=
 AUTHOR ?=
+# --- make study ---------------------------------------------------------------------------------
+ARMS ?=
+BASELINE ?=
+CONTEXTS ?= 256,512,1024
+COMMON ?=
+LOCAL ?=
+GLOBAL ?=
+FLOOR ?=
+PROBES ?= 0
 
-.PHONY: help install data data-fineweb train train-and-submit quantize eval ablate leaderboard verify submission \
+.PHONY: help install data data-fineweb train train-and-submit quantize eval ablate study leaderboard verify submission \
         bundle check-size generate test bench bench-data bench-train bench-quant bench-eval bench-mixers gpu-check
 
 help:
@@ -37,6 +46,7 @@ help:
 	@echo "make data [CORPUS=... VAL=... TOKENIZER=sp|byte VOCAB_SIZE=1024|4096|8192 CASEOPS=0|1 BYTE_SIDECAR=0|1]"
 	@echo "make data-fineweb VARIANT=sp1024|sp4096|sp8192|byte260|sp8192_lossless_caps_caseops_v1_reserved TRAIN_SHARDS=N"
 	@echo "make ablate NAME=x A='ENV=..' B='ENV=..' SEEDS=1,2,3 | make leaderboard | make verify RECORD=path"
+	@echo "make study NAME=x ARMS='base=;mem=ENV=..' BASELINE=base CONTEXTS=256,512,1024 SEEDS=1,2,3 [LOCAL=a GLOBAL=b] [PROBES=1]"
 	@echo "make submission RECORD=records/<track>/<record> GITHUB_ID=you [OUT=dir]   (the challenge's PR folder)"
 	@echo "make bundle | make check-size ARTIFACT=path | make bench-{data,train,quant,eval,mixers}"
 
@@ -66,6 +76,13 @@ train-and-submit: install
 ablate: install
 	$(PY) -m golf.submit.cli ablate --name "$(NAME)" --a "$(A)" --b "$(B)" $(if $(SEEDS),--seeds $(SEEDS)) \
 	    $(if $(PRESET),--preset $(PRESET))
+
+# The memory-bench grid (golf/submit/study.py): ARMS is ';'-separated name=SETTINGS
+study: install
+	$(PY) -m golf.submit.cli study --name "$(NAME)" --arms "$(ARMS)" --baseline "$(BASELINE)" --contexts "$(CONTEXTS)" \
+	    --common "$(COMMON)" $(if $(SEEDS),--seeds $(SEEDS)) $(if $(PRESET),--preset $(PRESET)) \
+	    $(if $(LOCAL),--local $(LOCAL)) $(if $(GLOBAL),--global $(GLOBAL)) $(if $(FLOOR),--floor $(FLOOR)) \
+	    $(if $(filter 1,$(PROBES)),--probes)
 
 leaderboard: install
 	$(PY) -m golf.submit.leaderboard

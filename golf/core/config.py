@@ -557,7 +557,9 @@ _ENV_IGNORE = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_A
                # the Makefile's and the pipeline's own variables (make passes them to the recipes' environment)
                "SEEDS", "NAME", "TRACK", "RECORD", "ARTIFACT", "OUT", "CHECKPOINT", "CROSS", "MAX_TOKENS", "DATA_OUT",
                "CORPUS", "VAL", "TOKENIZER", "TEXT_FIELD", "VARIANT", "TRAIN_SHARDS", "PROMPT", "GITHUB_ID", "AUTHOR",
-               "BLURB", "NPROC", "PY"}
+               "BLURB", "NPROC", "PY",
+               # make study's own (golf/submit/study.py)
+               "ARMS", "BASELINE", "LOCAL", "GLOBAL", "CONTEXTS", "COMMON", "PROBES", "FLOOR"}
 
 
 # The challenge baseline's settings (openai/parameter-golf train_gpt.py) whose golf name differs: each

@@ -1,4 +1,5 @@
-"""Plots for records: loss curves (from metrics.json history) and A/B comparisons.
+"""Plots for records: loss curves (from metrics.json history), A/B comparisons, the memory
+study's per-position panels and the retrieval probes' heat maps.
 
 matplotlib is imported lazily with the Agg backend (no screen, no import-time cost). Every plot is
 written atomically; a plot that cannot be drawn (no history) returns None instead of failing a run.
@@ -111,4 +112,56 @@ def bpb_vs_position(evals: dict[str, dict[str, Any]], out: Path) -> Path | None:
         ax.plot(range(len(ys)), ys, label=label, lw=1)
     ax.set(xlabel="position bucket", ylabel="bpb", title="BPB vs position")
     ax.legend(fontsize=7)
+    return _save(fig, out)
+
+
+def heatmap(values: Sequence[Sequence[float | None]], rows: Sequence, cols: Sequence, out: Path, title: str = "",
+            xlabel: str = "", ylabel: str = "", label: str = "accuracy") -> Path:
+    """A rows x cols grid in [0, 1] (the retrieval probes' accuracy), each value written in its
+    cell; None (a cell that does not fit) is left blank."""
+    import numpy as np
+
+    plt = _plt()
+    data = np.ma.masked_invalid(np.array([[np.nan if v is None else v for v in r] for r in values], dtype=float))
+    fig, ax = plt.subplots(figsize=(1.6 + 0.9 * len(cols), 1.2 + 0.55 * len(rows)))
+    im = ax.imshow(data, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(cols)), [str(c) for c in cols])
+    ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+    for i, r in enumerate(values):
+        for j, v in enumerate(r):
+            ax.text(j, i, "-" if v is None else f"{v:.2f}", ha="center", va="center", fontsize=7,
+                    color="w" if v is None or v < 0.6 else "k")
+    fig.colorbar(im, ax=ax, label=label)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    return _save(fig, out)
+
+
+def panels(specs: Sequence[dict[str, Any]], out: Path, title: str = "") -> Path | None:
+    """Side-by-side line plots sharing one style. Each spec: title, xlabel, ylabel, series {label:
+    (xs, ys, errs or None)} (None values skipped; errs drawn as a band), and optional hline / vline
+    (a reference level, e.g. 0; a position, e.g. the attention window). None if nothing to draw."""
+    specs = [s for s in specs if any(any(y is not None for y in ys) for _, ys, _ in s["series"].values())]
+    if not specs:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(specs), figsize=(5.5 * len(specs), 4), squeeze=False)
+    for ax, s in zip(axes[0], specs):
+        for label, (xs, ys, errs) in s["series"].items():
+            pts = [(x, y, (errs or [0] * len(ys))[i] or 0) for i, (x, y) in enumerate(zip(xs, ys)) if y is not None]
+            if not pts:
+                continue
+            px, py, pe = zip(*pts)
+            line, = ax.plot(px, py, marker="." if len(px) < 40 else None, lw=1.2, label=label)
+            if errs:
+                ax.fill_between(px, [y - e for y, e in zip(py, pe)], [y + e for y, e in zip(py, pe)],
+                                color=line.get_color(), alpha=0.15, lw=0)
+        if s.get("hline") is not None:
+            ax.axhline(s["hline"], color="k", lw=0.8)
+        if s.get("vline"):
+            ax.axvline(s["vline"], color="gray", ls="--", lw=0.8, label=f"window {s['vline']}")
+        ax.set(xlabel=s.get("xlabel", ""), ylabel=s.get("ylabel", ""), title=s.get("title", ""))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
     return _save(fig, out)

@@ -243,12 +243,15 @@ class IncrementalDecoder:
 @torch.no_grad()
 def sample(model: nn.Module, prompt_ids: list[int] | Tensor, max_new_tokens: int, temperature: float = 1.0,
            top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
-           incremental: bool | None = None, stop_at_bos: bool = True, return_logits: bool = False):
+           incremental: bool | None = None, stop_at_bos: bool = True, return_logits: bool = False,
+           max_ctx: int | None = None):
     """Sample up to `max_new_tokens` after `prompt_ids` (a list or [B, T] tensor; start it with BOS).
 
     incremental: None = carried state / KV cache when every mixer supports it (and it passes its
-    self-check), True = insist (error if unsupported), False = full recompute. Returns the new ids
-    [B, N] (and the logits [B, N, V] each one was drawn from when return_logits)."""
+    self-check), True = insist (error if unsupported), False = full recompute. max_ctx: the longest
+    context fed (None = the model's TRAIN_SEQ_LEN; 0 = all of it, as the multi-context score and the
+    retrieval probes read a window). Returns the new ids [B, N] (and the logits [B, N, V] each one was
+    drawn from when return_logits)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -257,7 +260,8 @@ def sample(model: nn.Module, prompt_ids: list[int] | Tensor, max_new_tokens: int
         idx = idx[None]
     if idx.shape[1] == 0:
         idx = torch.full((idx.shape[0], 1), BOS_ID, dtype=torch.long, device=device)
-    max_ctx = int(getattr(getattr(model, "cfg", None), "train_seq_len", 0) or 0)
+    if max_ctx is None:
+        max_ctx = int(getattr(getattr(model, "cfg", None), "train_seq_len", 0) or 0)
 
     def full(ctx_ids: Tensor) -> Tensor:
         if max_ctx and ctx_ids.shape[1] > max_ctx:  # the model never saw longer contexts

@@ -2,6 +2,8 @@
 
     python -m golf.submit.cli submit [--name N] [--preset P] [--seeds 1,2,3] [--track T] [--author A] ...
     python -m golf.submit.cli ablate --name N --a "ENV=.. ENV=.." --b "ENV=.." [--seeds 1,2,3] [--preset P]
+    python -m golf.submit.cli study --name N --arms "base=;mem=ENV=.." --baseline base --contexts 256,512,1024
+        [--seeds 1,2,3] [--preset P] [--common "ENV=.."] [--local A --global B] [--floor 0.005] [--probes]
     python -m golf.submit.cli verify --record DIR [--artifact PATH] [--seeds S] [--tolerance X]
     python -m golf.submit.cli submission --record DIR [--out DIR] [--github-id ID] [--author A] [--track T]
 
@@ -14,10 +16,12 @@ import os
 from typing import Sequence
 
 from golf.core.utils import GolfError, main_guard
+from golf.eval.deficit import DEFAULT_FLOOR
 from golf.submit.ablate import ablate
 from golf.submit.challenge import DEFAULT_OUT, write_submission
 from golf.submit.pipeline import submit
 from golf.submit.settings import settings_from
+from golf.submit.study import study
 from golf.submit.verify import verify
 
 
@@ -42,6 +46,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     pa.add_argument("--preset")
     pa.add_argument("--records", default="records")
     pa.add_argument("--fresh", action="store_true")
+    pt = sub.add_parser("study", help="the memory-bench grid: arms x seeds, per-context and per-position BPB")
+    pt.add_argument("--name", required=True)
+    pt.add_argument("--arms", required=True, help='";"-separated name=SETTINGS, e.g. "base=;mem=NUM_MEMORY_TOKENS=8"')
+    pt.add_argument("--baseline", required=True, help="the arm every other arm is compared with")
+    pt.add_argument("--contexts", default="256,512,1024", help="context lengths to score, e.g. 256,512,1024")
+    pt.add_argument("--seeds", default="3", help="a count (3 = seeds 1,2,3) or a list 1,2,3")
+    pt.add_argument("--preset")
+    pt.add_argument("--common", default="", help='settings every arm gets, e.g. "ITERATIONS=250"')
+    pt.add_argument("--local", default="", help="the local (sliding-window) arm of the deficit table")
+    pt.add_argument("--global", dest="global_", default="", help="the global arm of the deficit table")
+    pt.add_argument("--floor", type=float, default=DEFAULT_FLOOR, help="closure is NA where |deficit| < this (BPB)")
+    pt.add_argument("--probes", action="store_true", help="retrieval probes on every run's artifact")
+    pt.add_argument("--records", default="records")
+    pt.add_argument("--fresh", action="store_true")
     pv = sub.add_parser("verify", help="re-evaluate a record and check its claims")
     pv.add_argument("--record", required=True)
     pv.add_argument("--artifact")
@@ -72,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         submit(args.name or None, preset, args.seeds, args.track or None, args.author, args.github_id, args.blurb,
                settings, args.records, use_cache=not args.fresh)
 
+    elif args.cmd == "study":
+        study(args.name, args.arms, args.baseline, args.contexts, args.seeds, preset, settings, args.common,
+              args.local or None, args.global_ or None, args.floor, args.probes, args.records, use_cache=not args.fresh)
     else:
         if not args.name:
             raise GolfError("ablate needs NAME=..., e.g. make ablate NAME=memtok A='NUM_MEMORY_TOKENS=0' B=''")

@@ -5,7 +5,8 @@
 One table per track, sorted by sliding-window val_bpb (mean over seeds), with the challenge README's
 columns (Run | Score | Author | Summary | Date | Info). A record that fails validation (schema, files,
 bytes_total over the cap, seeds vs seed_results, val_bpb not the mean of its seeds) is listed
-separately with the reasons, never ranked. Ablations get their own table. Written atomically.
+separately with the reasons, never ranked. Ablations and memory studies (records/studies/, their
+study.json's shape checked) get their own tables. Written atomically.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any, Sequence
 from golf.core.config import BYTES_CAP
 from golf.core.utils import GolfError, atomic_write_text, main_guard
 from golf.submit import records as R
+from golf.submit.study_report import study_problems
 
 
 def _cell(s: Any) -> str:
@@ -83,7 +85,7 @@ def scan(records_dir: Path) -> tuple[dict[str, list[dict]], list[tuple[Path, lis
     invalid: list[tuple[Path, list[str]]] = []
     ablations: list[dict] = []
     root = Path(records_dir)
-    tracks = (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in (R.MANIFESTS, R.BENCHES))
+    tracks = (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in (R.MANIFESTS, R.BENCHES, R.STUDIES))
     for track_dir in sorted(tracks):
         for folder in sorted(p for p in track_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             try:  # one malformed record is listed as invalid; it never stops the leaderboard
@@ -114,7 +116,28 @@ def scan(records_dir: Path) -> tuple[dict[str, list[dict]], list[tuple[Path, lis
     return valid, invalid, ablations
 
 
-def render(records_dir: Path, valid, invalid, ablations) -> str:
+def scan_studies(records_dir: Path) -> tuple[list[dict], list[tuple[Path, list[str]]]]:
+    """-> (memory studies whose study.json has a study's shape, invalid (folder, problems))."""
+    root = Path(records_dir) / R.STUDIES
+    studies: list[dict] = []
+    invalid: list[tuple[Path, list[str]]] = []
+    if not root.is_dir():
+        return studies, invalid
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            rec = json.loads((folder / "study.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            invalid.append((folder, [f"study.json unreadable ({e})"]))
+            continue
+        problems = study_problems(rec)
+        if problems:
+            invalid.append((folder, problems))
+        else:
+            studies.append({**rec, "_folder": folder})
+    return studies, invalid
+
+
+def render(records_dir: Path, valid, invalid, ablations, studies=()) -> str:
     root = Path(records_dir)
     rel = lambda p: Path(p).relative_to(root).as_posix()  # noqa: E731  links relative to LEADERBOARD.md
     lines = [
@@ -154,6 +177,18 @@ def render(records_dir: Path, valid, invalid, ablations) -> str:
                 f"| {_arrow(a, 'params', '{:,.0f}')} | {_arrow(a, 'bytes_total', '{:,.0f}')} "
                 f"| {_arrow(a, 'tokens_per_s', '{:,.0f}')} | {len(a.get('seeds', []))} | {a.get('date', '')} |"
             )
+    if studies:
+        lines += ["", "## Memory studies (make study)", "",
+                  "| Study | Arms | Baseline | Best arm vs baseline (ΔBPB, p) | Contexts | Seeds | Date |",
+                  "|---|---|---|---|---|---|---|"]
+        for st in sorted(studies, key=lambda a: (a.get("date", ""), a.get("name", ""))):
+            comps = {a: c.get("headline", {}) for a, c in (st.get("comparisons") or {}).items() if isinstance(c, dict)}
+            best = min(comps.items(), key=lambda kv: kv[1].get("mean_diff_bpb", float("inf")), default=None)
+            cell = f"{best[0]} {best[1].get('mean_diff_bpb', float('nan')):+.4f}, p {best[1].get('p_paired', float('nan')):.3g}" \
+                if best else "-"
+            lines.append(f"| [{_cell(st.get('name'))}]({rel(st['_folder'])}/README.md) | {_cell(', '.join(st['arms']))} "
+                         f"| {_cell(st['baseline'])} | {_cell(cell)} | {_cell(','.join(map(str, st['contexts'])))} "
+                         f"| {len(st['seeds'])} | {st.get('date', '')} |")
     if invalid:
         lines += ["", "## Invalid records (not ranked)", "", "| Record | Why |", "|---|---|"]
         for folder, problems in invalid:
@@ -168,7 +203,9 @@ def build(records_dir: str | Path = "records", out: str | Path | None = None) ->
         raise GolfError(f"{root} is not a folder; run from the repository root or pass --records DIR")
     out = Path(out) if out else root / "LEADERBOARD.md"
     valid, invalid, ablations = scan(root)
-    atomic_write_text(out, render(root, valid, invalid, ablations))
+    studies, bad_studies = scan_studies(root)
+    invalid += bad_studies
+    atomic_write_text(out, render(root, valid, invalid, ablations, studies))
     return out, sum(len(v) for v in valid.values()), len(invalid)
 
 
@@ -180,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out, n_ok, n_bad = build(args.records, args.out)
     print(f"[golf] {out}: {n_ok} valid record(s), {n_bad} invalid")
     _, invalid, _ = scan(Path(args.records))
-    for folder, problems in invalid:
+    for folder, problems in invalid + scan_studies(Path(args.records))[1]:
         print(f"[golf] invalid: {folder}: {'; '.join(problems)}")
     return 0
 

@@ -36,6 +36,7 @@ ABLATIONS_TRACK = "ablations"
 CHALLENGE_TRACK = "track_10min_16mb"
 MANIFESTS = "manifests"  # not a track: the data manifests records pin
 BENCHES = "benches"  # not a track: benchmark evidence (JSON rows + README), e.g. the quantiser x serialiser cross
+STUDIES = "studies"  # not a track: memory studies (make study), listed apart on the leaderboard
 CHALLENGE_FIELDS = ("author", "github_id", "name", "blurb", "date", "val_loss", "val_bpb", "bytes_total", "bytes_code")
 SEED_FIELDS = ("seed", "val_loss", "val_bpb", "bytes_total")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")

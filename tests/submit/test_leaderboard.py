@@ -84,3 +84,31 @@ def test_one_bad_record_is_listed_and_never_stops_the_leaderboard(tmp_path):
     invalid = text[text.index("## Invalid"):]
     for name in ("strbpb", "strseed", "listy", "nulls", "notjson", "array", "noA", "list", "strcmp"):
         assert name in invalid, name
+
+
+def test_memory_studies_are_listed_apart_and_malformed_ones_flagged(tmp_path):
+    """records/studies/ is not a track: a study.json of the right shape gets a row in its own table,
+    any other is listed as invalid; neither is ranked or stops the leaderboard."""
+    root = tmp_path / "records"
+    make_record(root / "cpu_tiny" / "2026-01-01_good")
+    good = {"kind": "study", "name": "mem", "date": "2026-01-02", "seeds": [1, 2], "contexts": [256, 512],
+            "baseline": "base", "arms": {"base": {"settings": [], "val_bpb": 1.5},
+                                         "rmt": {"settings": ["RMT_MEMORY=8"], "val_bpb": 1.4}},
+            "comparisons": {"rmt": {"headline": {"mean_diff_bpb": -0.1, "p_paired": 0.02}}}}
+    bad = {"no_arms": {**good, "arms": {"base": good["arms"]["base"]}}, "not_study": {**good, "kind": "ablation"},
+           "no_base": {**good, "baseline": "x"}, "str_bpb": {**good, "arms": {**good["arms"], "rmt": {"settings": [],
+                                                                                                     "val_bpb": "1.4"}}},
+           "list": [1, 2]}
+    for name, body in [("2026-01-02_mem", good)] + [(f"2026-01-03_{k}", v) for k, v in bad.items()]:
+        (root / "studies" / name).mkdir(parents=True)
+        (root / "studies" / name / "study.json").write_text(json.dumps(body))
+    (root / "studies" / "2026-01-04_empty").mkdir()
+    out, n_ok, n_bad = L.build(root)
+    text = out.read_text()
+    assert (n_ok, n_bad) == (1, 6)
+    assert "| [mem](studies/2026-01-02_mem/README.md) | base, rmt | base | rmt -0.1000, p 0.02 | 256,512 | 2 | 2026-01-02 |" in text
+    invalid = text[text.index("## Invalid"):]
+    for k in list(bad) + ["empty"]:
+        assert f"studies/2026-01-0{3 if k != 'empty' else 4}_{k}" in invalid, k
+    assert "fewer than two arms" in invalid and "baseline is not one of its arms" in invalid
+    assert "## cpu_tiny" in text and "studies" not in text[text.index("## cpu_tiny"):text.index("## Memory studies")]

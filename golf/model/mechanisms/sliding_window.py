@@ -15,7 +15,8 @@ from golf.model.attention import CausalSelfAttention
 class SlidingWindowAttention(CausalSelfAttention):
     name = "swa"
 
-    def window_size(self, cfg: GPTConfig) -> int:
+    @staticmethod  # static: the memory study reads an arm's window from its config (golf/submit/study.py)
+    def window_size(cfg: GPTConfig) -> int:
         w = int(cfg.attn_window)
         if w <= 0:
             w = int(round(float(cfg.attn_window_frac) * int(cfg.train_seq_len)))
