@@ -323,7 +323,7 @@ def warm_up(h, model, optimizers, fwd, params, stream, accum, amp, qat_plan, d: 
     for o, s in zip(optimizers, init[1]):
         o.load_state_dict(s)
     set_rng_state(init[2])
-    loader.batches_served = 0
+    loader.seek(0)
     log.kv(warmup_steps=n_warm, warmup_last_step_ms=1000 * warm_step_s)
     return warm_step_s
 
