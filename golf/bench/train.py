@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     micro, accum = batch_layout(h, 1, d.device.type)
     tokens = np.random.default_rng(0).integers(4, h.vocab_size, size=max(4 * h.train_batch_tokens, 1 << 20))
     tokens[::1000] = 1  # a BOS now and then, as in real shards
-    loader = TokenLoader([tokens.astype(np.uint16)], seq_len=h.train_seq_len, local_batch_seqs=micro, seed=0)
+    loader = TokenLoader([tokens.astype(np.uint16)], seq_len=h.train_seq_len, local_batch_seqs=micro, seed=0,
+                         doc_packing=bool(h.doc_packing))
 
     def batches():
         while True:

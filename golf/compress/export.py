@@ -65,7 +65,9 @@ def export(model: nn.Module, h: Any, tokenizer_sha256: str, out: str | Path, cal
 
 def calibration_batches(h: Any) -> Iterator[torch.Tensor]:
     """QUANT_CALIB_BATCHES token batches [QUANT_CALIB_SEQS, TRAIN_SEQ_LEN] from the *training* split
-    (never validation): the export stage's `calibration` seam."""
+    (never validation): the export stage's `calibration` seam. Unpacked even under DOC_PACKING=1:
+    GPTQ's Hessians want full rows of real tokens, and the model input carries no targets to mark
+    padding, which would otherwise enter them as pad-token activations."""
     loader = TokenLoader.from_data_path(h.data_path, h.vocab_size, seq_len=h.train_seq_len,
                                         local_batch_seqs=int(getattr(h, "quant_calib_seqs", 8)), seed=h.seed + 1)
     for _ in range(int(getattr(h, "quant_calib_batches", 8))):

@@ -117,6 +117,10 @@ class Hyperparameters(GPTConfig):
     # CPU ablations affordable (the whole split is ~11 min per tiny run); it is written into every
     # report, and a submission record scored on a prefix is refused.
     score_max_tokens: int = 0
+    # DOC_PACKING=1 (needs DOC_ATTENTION=1): training rows hold whole documents, a long one split every
+    # TRAIN_SEQ_LEN tokens from its BOS, padded at the row's end, instead of fixed cuts of the stream
+    # that start mid-document and cut documents at row ends (golf/data/packing.py; PR #1354, #1529)
+    doc_packing: int = 0
     # --- model backbone ------------------------------------------------------------------------
     # --- record-stack extras ------------------------------------------------------------------
     # --- memory mechanisms (golf/model/mechanisms/) -------------------------------------------------------
@@ -229,6 +233,11 @@ class Hyperparameters(GPTConfig):
             raise GolfError(f"ROPE_DIMS={self.rope_dims} must be even and between 0 and the head dim {self.head_dim}")
         if self.mixers:
             layer_mixers(self.model_config())
+        if self.doc_packing and not self.doc_attention:
+            # without the document mask, packed rows would still attend across their documents and
+            # only add padding: all cost, none of the gain
+            raise GolfError("DOC_PACKING=1 needs DOC_ATTENTION=1 (packed rows hold several documents, kept apart "
+                            "only by the document mask): set DOC_ATTENTION=1, or DOC_PACKING=0")
         if self.attn_out_gate_enabled and self.sparse_attn_gate_enabled:
             raise GolfError("ATTN_OUT_GATE_ENABLED=1 and SPARSE_ATTN_GATE_ENABLED=1: the two attention output gates "
                             "replace each other; switch one off")
@@ -298,6 +307,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "ttt_linear_lr": (0, None), "rmt_memory": (0, None), "rmt_segment": (1, None), "rmt_bptt": (-1, None),
     "mtp_loss_weight": (0, None), "mtp_decay": (0, None), "train_seq_len": (1, None),
     "val_max_tokens": (0, None), "score_max_tokens": (0, None), "train_batch_tokens": (1, None), "grad_accum_steps": (0, None),
+    "doc_packing": (0, 1),
     "micro_batch_seqs": (0, None), "iterations": (0, None), "max_wallclock_seconds": (0, None),
     "compile_warmup_steps": (0, None), "lr_warmup_frac": (0, 1), "warmdown_frac": (0, 1), "min_lr": (0, 1),
     "matrix_lr": (0, None),
@@ -454,7 +464,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_layers=11, model_dim=512, num_heads=8, num_kv_heads=4, mlp_mult=4.0, mlp_leaky_slope=0.5,
         rope_dims=16, qk_gain_init=5.0, xsa_last_n=11, sparse_attn_gate_enabled=True, sparse_attn_gate_scale=0.5,
         gate_window=12, smear_gate=True, skip_gates=True, num_loops=2, loop_start=3, loop_end=5,
-        enable_looping_at=0.35, parallel_start_layer=8, doc_attention=True,
+        enable_looping_at=0.35, parallel_start_layer=8, doc_attention=True, doc_packing=1,
         train_seq_len=2048, train_batch_tokens=786432, warmdown_frac=0.85, min_lr=0.1,
         matrix_lr=0.026, scalar_lr=0.02, embed_lr=0.03, beta2=0.99, muon_ns="polar", muon_row_normalize=True,
         muon_momentum=0.97, muon_momentum_warmup_start=0.92, muon_momentum_warmup_frac=0.3,

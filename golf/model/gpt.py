@@ -248,7 +248,9 @@ class GPT(nn.Module):
         if targets is None:
             return logits
         B, T = targets.shape
-        loss = F.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1), reduction=reduction)
+        # target -100 (DOC_PACKING's padding, golf/data/packing.py) is ignored: the mean is over the rest
+        loss = F.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1), reduction=reduction,
+                               ignore_index=-100)
         if reduction == "none":
             return loss.view(B, T)
         if self.training and reduction == "mean":
@@ -256,7 +258,8 @@ class GPT(nn.Module):
                 if T - k <= 0:
                     break
                 aux = self.logits_from_hidden(x[:, : T - k], head)
-                loss = loss + w * F.cross_entropy(aux.reshape(-1, self.vocab_size), targets[:, k:].reshape(-1))
+                loss = loss + w * F.cross_entropy(aux.reshape(-1, self.vocab_size), targets[:, k:].reshape(-1),
+                                                  ignore_index=-100)
         return loss
 
     # ------------------------------------------------------------------------------------------

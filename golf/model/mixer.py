@@ -87,7 +87,11 @@ def document_ids(bos: Tensor, num_prefix: int = 0) -> Tensor:
     Documents are BOS + tokens, so the id is the running count of BOS; a row that starts mid-document
     has its first segment as one document (id 0). Prefix positions (memory tokens) get -1: they are
     learned parameters, not text, so which document may see them is each mixer's rule (attention:
-    every document; recurrent state: none, see doc_resets)."""
+    every document; recurrent state: none, see doc_resets).
+    DOC_PACKING=1 (golf/data/packing.py) relies on both ends of a row: a row that starts with a long
+    document's later piece (no BOS) starts a document here already, and the padding after a row's
+    last piece (id 0, never BOS) joins that piece's document but comes after every real token, so
+    causally no real token sees it (and its targets are ignored by the loss)."""
     ids = bos.to(torch.int64).cumsum(dim=1)
     if num_prefix:
         ids = torch.cat([ids.new_full((bos.shape[0], num_prefix), -1), ids], dim=1)

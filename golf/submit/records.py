@@ -119,6 +119,8 @@ def techniques(cfg: dict[str, Any]) -> list[str]:
         out.append("SmearGate (reset at BOS)")
     if g("doc_attention"):
         out.append("attention within documents (BOS-delimited; recurrent mixers reset at BOS)")
+    if g("doc_packing"):
+        out.append("whole documents packed into training rows, split every TRAIN_SEQ_LEN tokens (PR #1354, #1529)")
     if g("mtp_num_heads"):
         out.append(f"{g('mtp_num_heads')} MTP auxiliary heads (weight {g('mtp_loss_weight')}, training only)")
     rope = g("rope_dims")

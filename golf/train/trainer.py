@@ -323,7 +323,7 @@ def warm_up(h, model, optimizers, fwd, params, stream, accum, amp, qat_plan, d: 
     for o, s in zip(optimizers, init[1]):
         o.load_state_dict(s)
     set_rng_state(init[2])
-    loader.batches_served = 0
+    loader.seek(0)
     log.kv(warmup_steps=n_warm, warmup_last_step_ms=1000 * warm_step_s)
     return warm_step_s
 
@@ -417,11 +417,13 @@ def run_training(h, d: Dist, t_start: float) -> dict[str, Any]:
     micro_seqs, accum = batch_layout(h, d.world_size, d.device.type)
     loader = TokenLoader.from_data_path(h.data_path, h.vocab_size, seq_len=h.train_seq_len,
                                         local_batch_seqs=micro_seqs, rank=d.rank, world_size=d.world_size,
-                                        seed=h.seed)
+                                        seed=h.seed, doc_packing=bool(h.doc_packing))
+    # tokens_per_step (and tok_s below) count row positions, padding included (DOC_PACKING=1): the
+    # compute per step; doc_stats' padded_share gives the part of it that trains nothing
     log.kv(train_tokens=loader.total, val_tokens=len(val), micro_batch_seqs=micro_seqs, grad_accum_steps=accum,
            tokens_per_step=h.train_batch_tokens)
     if h.doc_attention:  # attention within documents: how many rows it changes (golf issue 23)
-        log.kv(doc_attention=1, **loader.doc_stats())
+        log.kv(doc_attention=1, doc_packing=int(h.doc_packing), **loader.doc_stats())
 
     # --- model, pre-flight, optimizers ---------------------------------------------------------
     torch.manual_seed(h.seed)

@@ -56,6 +56,16 @@ def test_derived_values_and_consistency_checks():
         load_config([], {"NUM_LAYERS": "3", "MIXERS": "attn,attn"})
 
 
+def test_doc_packing_needs_doc_attention_and_is_the_frontiers():
+    """DOC_PACKING=1 without DOC_ATTENTION=1 is refused at config load, naming both and the fix."""
+    with pytest.raises(GolfError, match=r"DOC_PACKING=1 needs DOC_ATTENTION=1.*set DOC_ATTENTION=1, or DOC_PACKING=0"):
+        load_config([], {"DOC_PACKING": "1"})
+    with pytest.raises(GolfError, match="DOC_ATTENTION=1"):
+        load_config(["--preset", "frontier", "--doc-attention", "0"], {})
+    assert load_config([], {"DOC_PACKING": "1", "DOC_ATTENTION": "1"}).doc_packing == 1
+    assert [load_config([], {}, preset=p).doc_packing for p in PRESETS] == [p == "frontier" for p in PRESETS]
+
+
 def test_round_trip_through_dict_and_model_subset():
     h = load_config([], {"PRESET": "record"})
     h2 = from_dict(h.to_dict())
@@ -131,6 +141,7 @@ def test_challenge_names_map_onto_golf_and_disagreement_is_an_error():
     ({"WARMDOWN_FRAC": "1.5"}, "WARMDOWN_FRAC"), ({"QUANT_MLP_BITS": "9"}, "QUANT_MLP_BITS"),
     ({"QUANT_EMBED_BITS": "0"}, "QUANT_EMBED_BITS"), ({"ZSTD_LEVEL": "0"}, "ZSTD_LEVEL"), ({"EVAL_STRIDE": "0"}, "EVAL_STRIDE"),
     ({"BIGRAM_VOCAB_SIZE": "1"}, "BIGRAM_VOCAB_SIZE"), ({"ADAM_EPS": "0"}, "ADAM_EPS"),
+    ({"DOC_PACKING": "2", "DOC_ATTENTION": "1"}, "DOC_PACKING"),
 ])
 def test_out_of_range_settings_are_named_before_anything_is_derived(env, name):
     with pytest.raises(GolfError, match=f"^{name}=.* out of range"):

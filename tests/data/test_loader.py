@@ -102,3 +102,95 @@ def test_doc_stats_reads_without_consuming():
     assert st["mean_doc_tokens"] == pytest.approx(x.numel() / int((x == 1).sum()))
     assert st["rows_with_boundary"] == pytest.approx(float((x[:, 1:] == 1).any(1).float().mean()))
     assert 0 < st["rows_with_boundary"] < 1  # 16-token rows in 20-token documents: some rows hold a BOS
+
+
+# --- DOC_PACKING=1 (golf/data/packing.py; agreement with a reference packer: tests/data/test_packing.py) ---
+
+def doc_shards():
+    """Two shards of documents of 1..40 tokens (BOS first), deterministic."""
+    lens = (np.arange(120) * 37) % 40 + 1
+    s = np.concatenate([np.concatenate([[1], 2 + (np.arange(n - 1) * 13 + n) % 90]) for n in lens]).astype(np.uint16)
+    return [s[:1000], s[1000:]]
+
+
+def test_default_batches_are_unchanged_byte_for_byte():
+    """DOC_PACKING=0 (the default) gives the same batches as before packing existed: the digest was
+    computed with the loader at the commit before DOC_PACKING."""
+    import hashlib
+    sh = [((np.arange(a, a + n) * 7919) % 301).astype(np.uint16) for a, n in ((0, 700), (700, 45), (745, 1300))]
+    h = hashlib.sha256()
+    for r in range(2):
+        ld = TokenLoader(sh, seq_len=16, local_batch_seqs=3, rank=r, world_size=2, seed=5)
+        for _ in range(40):
+            x, y = ld.next_batch()
+            h.update(x.numpy().tobytes())
+            h.update(y.numpy().tobytes())
+    assert h.hexdigest() == "b899e62d25c50c357aa9444234747ee5223c7eb78c169290cd933aa139fddcc6"
+    assert set(ld.state_dict()) == {"batches_served", "start", "total", "global_tokens"}  # old checkpoints' keys
+
+
+def test_packed_resume_is_exact_and_seek_rewinds():
+    a = TokenLoader(doc_shards(), seq_len=32, local_batch_seqs=3, seed=4, doc_packing=True)
+    ref = [a.batch_at(k) for k in range(12)]  # read ahead without consuming
+    for _ in range(5):
+        a.next_batch()
+    b = TokenLoader(doc_shards(), seq_len=32, local_batch_seqs=3, seed=4, doc_packing=True)
+    b.load_state_dict(a.state_dict())
+    assert b.state_dict() == a.state_dict() and a.state_dict()["cursor"] == a.cursor
+    for k in range(5, 12):
+        xa, ya = a.next_batch()
+        xb, yb = b.next_batch()
+        assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(xa, ref[k][0]) and torch.equal(ya, ref[k][1])
+    a.seek(0)  # the trainer's rewind after its warm-up steps
+    assert a.batches_served == 0 and torch.equal(a.next_batch()[1], ref[0][1])
+    a.seek(9)
+    assert torch.equal(a.next_batch()[0], ref[9][0])
+    with pytest.raises(AttributeError):
+        a.batches_served = 0  # read-only: assigning it would leave the cursor behind
+    c = TokenLoader(doc_shards(), seq_len=32, local_batch_seqs=3, seed=5, doc_packing=True)
+    assert not torch.equal(c.batch_at(0)[0], ref[0][0])  # another seed, another phase
+
+
+def test_packed_ranks_are_disjoint_and_in_step():
+    single = TokenLoader(doc_shards(), seq_len=16, local_batch_seqs=4, seed=3, doc_packing=True)
+    ranks = [TokenLoader(doc_shards(), seq_len=16, local_batch_seqs=2, rank=r, world_size=2, seed=3,
+                         doc_packing=True) for r in range(2)]
+    served = []
+    for k in range(30):
+        xs, ys = single.next_batch()
+        parts = [r.next_batch() for r in ranks]
+        assert torch.equal(torch.cat([p[0] for p in parts]), xs) and torch.equal(torch.cat([p[1] for p in parts]), ys)
+        served += [row[t != -100] for xb, yb in parts for row, t in zip(xb, yb)]  # rank 0's rows, then 1's
+    assert ranks[0].cursor == ranks[1].cursor == single.cursor
+    # the ranks' real tokens, in order, are the stream from the first document on: none skipped or repeated
+    served = torch.cat(served).numpy()
+    stream = np.concatenate(doc_shards())
+    assert np.array_equal(served, stream[(single.first_doc + np.arange(len(served))) % len(stream)])
+
+
+def test_packed_state_must_match():
+    a = TokenLoader(doc_shards(), seq_len=8, local_batch_seqs=2, doc_packing=True)
+    b = TokenLoader(doc_shards(), seq_len=8, local_batch_seqs=2)
+    with pytest.raises(GolfError, match="DOC_PACKING=1 but this run's is DOC_PACKING=0"):
+        b.load_state_dict(a.state_dict())
+    with pytest.raises(GolfError, match="DOC_PACKING=0 but this run's is DOC_PACKING=1"):
+        a.load_state_dict(b.state_dict())
+    big = TokenLoader(doc_shards(), seq_len=8, local_batch_seqs=4, doc_packing=True)
+    with pytest.raises(GolfError, match="TRAIN_BATCH_TOKENS"):
+        big.load_state_dict(a.state_dict())
+
+
+def test_packed_doc_stats_read_without_consuming():
+    ld = TokenLoader(doc_shards(), seq_len=32, local_batch_seqs=3, seed=1, doc_packing=True)
+    ld.next_batch()
+    state = ld.state_dict()
+    st = ld.doc_stats(num_batches=4)
+    assert ld.state_dict() == state
+    rows = [ld.next_batch() for _ in range(4)]
+    x, y = torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
+    real = int((y != -100).sum())
+    assert st["doc_stats_rows"] == 12
+    assert st["padded_share"] == pytest.approx(1 - real / x.numel()) and 0 < st["padded_share"] < 0.5
+    assert st["mean_doc_tokens"] == pytest.approx(real / int((x == 1).sum()))
+    assert st["rows_with_boundary"] == pytest.approx(float((x[:, 1:] == 1).any(1).float().mean()))
+    assert "padded_share" not in TokenLoader(doc_shards(), seq_len=32, local_batch_seqs=3).doc_stats()

@@ -644,7 +644,7 @@ def test_frontier_preset_end_to_end_shrunk(tmp_path, monkeypatch):
     assert problems == [], problems
     cfg = sub["config"]
     assert (cfg["quant_scheme"], cfg["compressor"], cfg["quant_layout"], cfg["ttt"]) == ("gptq", "brotli", "sorted_t", "phased")
-    assert cfg["doc_attention"] and cfg["num_loops"] == 2 and cfg["lqer_rank"] == 4 and cfg["muon_ns"] == "polar"
+    assert cfg["doc_attention"] and cfg["doc_packing"] == 1 and cfg["num_loops"] == 2 and cfg["lqer_rank"] == 4 and cfg["muon_ns"] == "polar"
     r0 = sub["seed_results"][0]
     assert 0 < sub["val_bpb"] < 20 and r0["steps"] == 4
     log = next(dest.glob("train_seed*.log")).read_text()
