@@ -118,7 +118,7 @@ gpu-check: install
 	$(PY) -m golf.bench.train --preset record
 	$(PY) -m golf.bench.train --preset baseline
 	$(PY) -m golf.bench.train --preset frontier
-	$(PY) -m golf.bench.train --preset frontier --doc-attention 0 --out bench/train_frontier_nodoc.json
+	$(PY) -m golf.bench.train --preset frontier --doc-attention 0 --doc-packing 0 --out bench/train_frontier_nodoc.json
 	$(PY) -m golf.bench.eval
 	$(PY) -m golf.bench.mixers
 	$(PY) -m golf.bench.summary
