@@ -1,6 +1,7 @@
 """`make ablate`: A and B on the same seeds, paired statistics, one record folder."""
 from __future__ import annotations
 
+import math
 import shlex
 from pathlib import Path
 from typing import Any
@@ -55,13 +56,8 @@ def ablate(
             runs[arm].append(run_seed(h, stages, use_cache))
 
     ra, rb = [r.result for r in runs["A"]], [r.result for r in runs["B"]]
-    cmp = stats.compare_arms([r["val_loss"] for r in ra], [r["val_loss"] for r in rb],
-                             [r["val_bpb"] for r in ra], [r["val_bpb"] for r in rb])
-    per_seed = [
-        {"seed": s, "val_bpb_a": x["val_bpb"], "val_bpb_b": y["val_bpb"], "diff_bpb": y["val_bpb"] - x["val_bpb"],
-         "val_loss_a": x["val_loss"], "val_loss_b": y["val_loss"], "diff_nats": y["val_loss"] - x["val_loss"]}
-        for s, x, y in zip(seed_list, ra, rb)
-    ]
+    per_byte = cfg_a.data_path != cfg_b.data_path or cfg_a.vocab_size != cfg_b.vocab_size
+    cmp, per_seed = compare(seed_list, ra, rb, per_byte)
     arm_summary = lambda rs, over, rr: {  # noqa: E731
         "settings": R.env_assignments(over),
         "val_bpb": stats.mean([r["val_bpb"] for r in rs]), "val_bpb_std": stats.std([r["val_bpb"] for r in rs]),
@@ -100,6 +96,22 @@ def ablate(
     return dest
 
 
+def compare(seeds: list[int], ra: list[dict], rb: list[dict], per_byte: bool) -> tuple[dict, list[dict]]:
+    """The paired statistics and the per-seed table. Nats per token compare two arms only when they
+    share a tokenizer; arms on two tokenizers (per_byte) are tested on nats per byte (val_bpb x ln 2),
+    the quantity the challenge scores, and the README says which."""
+    nats = (lambda r: r["val_bpb"] * math.log(2)) if per_byte else (lambda r: r["val_loss"])  # noqa: E731
+    cmp = stats.compare_arms([nats(r) for r in ra], [nats(r) for r in rb],
+                             [r["val_bpb"] for r in ra], [r["val_bpb"] for r in rb])
+    cmp["basis"] = "nats per byte (val_bpb x ln 2; the arms' tokenizers differ)" if per_byte else "nats per token (val_loss)"
+    per_seed = [
+        {"seed": s, "val_bpb_a": x["val_bpb"], "val_bpb_b": y["val_bpb"], "diff_bpb": y["val_bpb"] - x["val_bpb"],
+         "val_loss_a": x["val_loss"], "val_loss_b": y["val_loss"], "diff_nats": nats(y) - nats(x)}
+        for s, x, y in zip(seeds, ra, rb)
+    ]
+    return cmp, per_seed
+
+
 def _scored_on(rec: dict[str, Any]) -> str:
     def arm(a: str) -> str:
         r = (rec[a].get("seed_results") or [{}])[0]
@@ -115,6 +127,10 @@ def _data_line(rec: dict[str, Any]) -> str:
     if not isinstance(b, dict):
         return f"- data: `{d.get('path', '?')}`"
     return f"- data: A `{d.get('path', '?')}`, B `{b.get('path', '?')}` (each arm's manifest is pinned)"
+
+
+def _per(c: dict[str, Any]) -> str:
+    return " per byte" if str(c.get("basis", "")).startswith("nats per byte") else ""
 
 
 def render_ablation_readme(rec: dict[str, Any]) -> str:
@@ -133,7 +149,7 @@ def render_ablation_readme(rec: dict[str, Any]) -> str:
         f"- scored on: {_scored_on(rec)}",
         _data_line(rec),
         "",
-        "| seed | A val_bpb | B val_bpb | B-A bpb | A val_loss | B val_loss | B-A nats | A run | B run |",
+        f"| seed | A val_bpb | B val_bpb | B-A bpb | A val_loss | B val_loss | B-A nats{_per(c)} | A run | B run |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for p, x, y in zip(rec["per_seed"], rec["A"]["seed_results"], rec["B"]["seed_results"]):
@@ -146,7 +162,8 @@ def render_ablation_readme(rec: dict[str, Any]) -> str:
         f"| **mean** | {f(rec['A']['val_bpb'])} | {f(rec['B']['val_bpb'])} | **{sign(c['mean_diff_bpb'])}** "
         f"| {f(rec['A']['val_loss'])} | {f(rec['B']['val_loss'])} | **{sign(c['mean_diff_nats'])}** | | |",
         "",
-        f"- paired t-test (scipy.stats.ttest_rel, two-sided, val_loss): p = {c['p_paired']:.4g}; "
+        f"- paired t-test (scipy.stats.ttest_rel, two-sided, {c.get('basis', 'nats per token (val_loss)')}): "
+        f"p = {c['p_paired']:.4g}; "
         f"one-sided (B better): p = {c['p_paired_b_better']:.4g}",
         f"- challenge bar ({rec['bars']['challenge']}): p = {c['p_challenge']:.4g} -> "
         f"**{'met' if c['meets_challenge_bar'] else 'not met'}**",

@@ -261,6 +261,7 @@ def test_ablate_records_both_arms_and_reuses_cached_a(ws):
     assert dest.resolve().parent == ws / "records" / "ablations"
     rec = json.loads((dest / "ablation.json").read_text())
     assert len(st.trained()) == 6
+    assert rec["comparison"]["basis"] == "nats per token (val_loss)"  # one tokenizer
     assert [p["seed"] for p in rec["per_seed"]] == [1, 2, 3]
     assert rec["comparison"]["mean_diff_nats"] == pytest.approx(-0.02)  # B has memory tokens: 0.02 better
     assert rec["comparison"]["mean_diff_bpb"] == pytest.approx(-0.02 / math.log(2) * 0.4)
@@ -323,6 +324,11 @@ def test_ablate_arms_on_two_data_folders_pin_and_check_both(ws):
     assert rec["data"]["split_tokens"]["train"] == 256 and rec["data_b"]["split_tokens"]["train"] == 200
     readme = (dest / "README.md").read_text()
     assert f"B `{other}`" in readme and "B the first 50 val tokens" in readme
+    # two tokenizers: nats per token do not compare, so the test is on nats per byte
+    assert rec["comparison"]["basis"].startswith("nats per byte") and "nats per byte" in readme
+    for p in rec["per_seed"]:
+        assert p["diff_nats"] == pytest.approx(p["diff_bpb"] * math.log(2))
+    assert rec["comparison"]["mean_diff_nats"] == pytest.approx(rec["comparison"]["mean_diff_bpb"] * math.log(2))
     _, invalid, ablations = L.scan(ws / "records")
     assert invalid == [] and [a["name"] for a in ablations] == ["tok"]
     leaky = FakeStages()
