@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         "bench": "train", "preset": preset, "date": today(), "device": device_description(),
         "threads": torch.get_num_threads(), "compile": compile, "bf16_autocast": cuda, "qat": args.qat,
         "params": n_params, "train_seq_len": h.train_seq_len, "tokens_per_step": h.train_batch_tokens,
-        "preset_tokens_per_step": full_batch, # depth recurrence: a built model runs looped (the trainer starts plain until ENABLE_LOOPING_AT)
+        "preset_tokens_per_step": full_batch,
+        # depth recurrence: a built model runs looped (the trainer starts plain until ENABLE_LOOPING_AT)
         "looped": bool(model.looping) if model.loop_order is not None else None,
         "micro_batch_seqs": micro, "grad_accum_steps": accum, "warmup_steps": warm, "warmup_seconds": warm_s,
         "steps": steps, "seconds": sec, "ms_per_step": ms, "tokens_per_s": tps,

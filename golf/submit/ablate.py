@@ -44,7 +44,8 @@ def ablate(
     date, stamp = today(), now_stamp()
     dest = R.record_dir(Path(records_dir), R.ABLATIONS_TRACK, date, name)
     ensure_data(cfg_a, stages, Path(cfg_a.out_dir) / f"prepare_{stamp}.log")
-    if cfg_b.data_path != cfg_a.data_path:  # a tokenizer A/B: each arm reads its own folder
+    two_folders = cfg_b.data_path != cfg_a.data_path  # a tokenizer A/B: each arm reads its own folder
+    if two_folders:
         ensure_data(cfg_b, stages, Path(cfg_b.out_dir) / f"prepare_{stamp}_b.log")
 
     commit = git_commit()  # before training (see submit)
@@ -56,7 +57,7 @@ def ablate(
             runs[arm].append(run_seed(h, stages, use_cache))
 
     ra, rb = [r.result for r in runs["A"]], [r.result for r in runs["B"]]
-    per_byte = cfg_a.data_path != cfg_b.data_path or cfg_a.vocab_size != cfg_b.vocab_size
+    per_byte = two_folders or cfg_a.vocab_size != cfg_b.vocab_size
     cmp, per_seed = compare(seed_list, ra, rb, per_byte)
     arm_summary = lambda rs, over, rr: {  # noqa: E731
         "settings": R.env_assignments(over),
@@ -76,7 +77,7 @@ def ablate(
         "commit": commit, "hardware": device_description(),
         "data": R.store_manifest(Path(records_dir), cfg_a.data_path, cfg_a.tokenizer_path),
     }
-    if cfg_b.data_path != cfg_a.data_path:
+    if two_folders:
         rec["data_b"] = R.store_manifest(Path(records_dir), cfg_b.data_path, cfg_b.tokenizer_path)
     sweep_stale(dest.parent)
     with atomic_dir(dest) as tmp:
