@@ -57,7 +57,7 @@ def local_window(h: Hyperparameters) -> int:
     return SlidingWindowAttention.window_size(h) if "swa" in layer_mixers(h.model_config()) else 0
 
 
-def score_contexts(run: SeedRun, h: Hyperparameters, contexts: list[int], stages: Stages) -> tuple[dict[str, Any], Path]:
+def score_at_contexts(run: SeedRun, h: Hyperparameters, contexts: list[int], stages: Stages) -> tuple[dict[str, Any], Path]:
     """The run's artifact scored at each context (non-overlapping windows, 64-token position buckets)
     by the score stage: (report, its file). Kept in the run folder, so a reused run is not scored again."""
     out = run.run_dir / f"contexts_{'-'.join(map(str, contexts))}_m{h.score_max_tokens}.json"
@@ -119,7 +119,7 @@ def study(name: str, arms: str, baseline: str, contexts: str, seeds: str | None 
         for arm, over in arm_map.items():  # arms interleaved seed by seed: machine drift hits them alike
             h = resolve_config(preset, {**shared, **over}, s, f"{name}_{stamp}_{arm}_s{s}")
             runs[arm].append(run_seed(h, stages, use_cache))
-            reports[arm].append(score_contexts(runs[arm][-1], h, ctx_list, stages))
+            reports[arm].append(score_at_contexts(runs[arm][-1], h, ctx_list, stages))
 
     spec = dict(name=name, date=date, preset=preset, seeds=seed_list, contexts=ctx_list, baseline=baseline,
                 local=local, global_=global_, floor=floor, window=local_window(cfgs[local]) if local else 0,
