@@ -12,7 +12,7 @@ from golf.core.utils import (GolfError, atomic_dir, atomic_write_json, atomic_wr
                              git_commit, now_stamp, sweep_stale, today)
 from golf.submit import records as R
 from golf.submit import stats
-from golf.submit.runs import SeedRun, Stages, copy_seed_files, ensure_data, run_seed, say, seed_history
+from golf.submit.runs import SeedRun, Stages, copy_seed_files, ensure_data, max_params, run_seed, say, seed_history
 from golf.submit.settings import default_preset, parse_seeds, parse_settings, resolve_config
 
 
@@ -63,7 +63,7 @@ def ablate(
         "settings": R.env_assignments(over),
         "val_bpb": stats.mean([r["val_bpb"] for r in rs]), "val_bpb_std": stats.std([r["val_bpb"] for r in rs]),
         "val_loss": stats.mean([r["val_loss"] for r in rs]),
-        "bytes_total": max(r["bytes_total"] for r in rs),
+        "bytes_total": max(r["bytes_total"] for r in rs), "params": max_params(rs),
         "seed_results": rs, "config": rr[0].config, "run_ids": [r.run_id for r in rr],
         "reused_runs": [r.run_id for r in rr if r.reused],
     }
@@ -171,6 +171,8 @@ def render_ablation_readme(rec: dict[str, Any]) -> str:
         f"- practice bar ({rec['bars']['practice']}): p = {c['p_welch_b_better']:.4g} -> "
         f"**{'met' if c['meets_practice_bar'] else 'not met'}**",
         f"- bytes_total: A {rec['A']['bytes_total']:,}, B {rec['B']['bytes_total']:,}",
+        *([f"- params: A {pa:,}, B {pb:,} (B-A {pb - pa:+,})"]
+          if isinstance(pa := rec["A"].get("params"), int) and isinstance(pb := rec["B"].get("params"), int) else []),
         "",
         "![A vs B](ablation.png)",
         "",

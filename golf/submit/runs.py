@@ -218,6 +218,7 @@ def collect_result(h: Hyperparameters, run_dir: Path, wall: float) -> dict[str, 
         "bytes_total": int(size["bytes_total"]),
         "bytes_code": size.get("bytes_code"),
         "bytes_model": size.get("bytes_model"),
+        "params": metrics.get("params"),  # the model's parameter count (training logs it; older runs: None)
         "steps": metrics.get("steps"),
         "train_seconds": metrics.get("train_seconds"),
         "eval_seconds": ev.get("seconds"),
@@ -226,6 +227,12 @@ def collect_result(h: Hyperparameters, run_dir: Path, wall: float) -> dict[str, 
         "score_max_tokens": int(ev.get("max_tokens") or 0),  # > 0: scored on a val prefix (ablations only)
         "eval_bytes": ev.get("bytes"),
     }
+
+
+def max_params(results: list[dict[str, Any]]) -> int | None:
+    """An arm's parameter count (the same for every seed); None when its runs predate the count."""
+    counts = [r["params"] for r in results if isinstance(r.get("params"), int)]
+    return max(counts) if counts else None
 
 
 def run_files(run_dir: Path) -> dict[str, Path]:

@@ -15,7 +15,7 @@ from golf.core import plots
 from golf.core.utils import atomic_write_json, atomic_write_text
 from golf.eval.deficit import deficit_table, from_reports
 from golf.submit import stats
-from golf.submit.runs import SeedRun, say
+from golf.submit.runs import SeedRun, max_params, say
 
 FIGURES = ("bpb_by_position.png", "deficit_closure.png")
 
@@ -50,6 +50,7 @@ def build_record(spec: dict[str, Any], runs: dict[str, list[SeedRun]], reports: 
         arms[a] = {"settings": spec["arm_settings"][a], "role": _role(spec, a),
                    "val_bpb": stats.mean(bpb), "val_bpb_std": stats.std(bpb),
                    "val_loss": stats.mean([r["val_loss"] for r in res]), "bytes_total": max(r["bytes_total"] for r in res),
+                   "params": max_params(res),
                    "seed_results": res, "run_ids": [r.run_id for r in rs], "reused_runs": [r.run_id for r in rs if r.reused],
                    "config": rs[0].config, "contexts": ctx}
     base = arms[spec["baseline"]]
@@ -83,6 +84,10 @@ def _f(x: Any, nd: int = 4, sign: bool = False) -> str:
     return f"{x:+.{nd}f}" if sign else f"{x:.{nd}f}"
 
 
+def _n(x: Any) -> str:
+    return f"{x:,}" if isinstance(x, int) else "-"
+
+
 def _p(x: Any) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
 
@@ -111,13 +116,13 @@ def render_readme(rec: dict[str, Any]) -> str:
              f"- preset `{rec['preset']}`, common `{' '.join(rec['common_settings']) or '(none)'}`, seeds {rec['seeds']} "
              f"(paired, all reported), baseline arm `{rec['baseline']}`",
              f"- commit `{rec['commit']}`, {rec['hardware']}, {rec['date']}", f"- scored on: {_scored_on(rec)}", "",
-             "| arm | role | settings | val_bpb (sliding) | B-A vs baseline | p (paired, val_loss) | bytes_total | runs |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| arm | role | settings | val_bpb (sliding) | B-A vs baseline | p (paired, val_loss) | params | bytes_total | runs |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for a, v in rec["arms"].items():
         c = rec["comparisons"].get(a, {}).get("headline", {})
         lines.append(f"| {a} | {v['role']} | `{' '.join(v['settings']) or '(preset)'}` | {_f(v['val_bpb'])} ± "
                      f"{_f(v['val_bpb_std'])} | {_f(c.get('mean_diff_bpb'), sign=True)} | {_p(c.get('p_paired'))} "
-                     f"| {v['bytes_total']:,} | {len(v['run_ids'])} ({len(v['reused_runs'])} cached) |")
+                     f"| {_n(v.get('params'))} | {v['bytes_total']:,} | {len(v['run_ids'])} ({len(v['reused_runs'])} cached) |")
     lines += ["", "BPB at each context (non-overlapping windows: a token at position p had p tokens of context); "
               "mean ± std over seeds, then B-A against the baseline and its paired p:", "",
               "| arm | " + " | ".join(f"ctx {c}" for c in ctxs) + " |", "|---|" + "---|" * len(ctxs)]

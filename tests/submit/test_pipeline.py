@@ -70,7 +70,7 @@ class FakeStages(RU.Stages):
                                            f"step:10 train_loss:{loss + 1}\n")
         hist = [{"step": s, "train_loss": loss + 1 / s} for s in range(1, 11)]
         (run_dir / "metrics.json").write_text(json.dumps({"steps": 10, "train_seconds": 1.5, "history": hist,
-                                                          "config": cfg,
+                                                          "config": cfg, "params": 1000 * int(env["NUM_LAYERS"]),
                                                           "val_bpb": loss / math.log(2) * 0.4 + 0.02}))
 
     def quantize(self, env, run_dir, log):
@@ -284,6 +284,9 @@ def test_ablate_records_both_arms_and_reuses_cached_a(ws):
     assert rec2["B"]["reused_runs"] == []
     assert all(r["reused"] for r in rec2["A"]["seed_results"])
     assert (dest2 / "A_train_seed2.log").is_file()  # reused runs still bring their logs
+    n = 1000 * rec["A"]["config"]["num_layers"]
+    assert rec2["A"]["params"] == n and rec2["B"]["params"] == 5000
+    assert f"- params: A {n:,}, B 5,000 (B-A {5000 - n:+,})" in (dest2 / "README.md").read_text()
 
     with pytest.raises(GolfError, match="already exists"):
         AB.ablate("layers", "", "NUM_LAYERS=5", preset="tiny", records_dir="records", stages=FakeStages())

@@ -30,6 +30,9 @@ class StudyStages(FakeStages):
         d = json.loads((run_dir / "final.pt").read_text())
         d["loss"] += 0.03 * swa + 0.001 * seed * seed * swa - 0.02 * rmt + 0.002 * seed * rmt
         (run_dir / "final.pt").write_text(json.dumps(d))
+        m = json.loads((run_dir / "metrics.json").read_text())
+        m["params"] += 128 * int(env["RMT_MEMORY"])  # RMT's memory embeddings
+        (run_dir / "metrics.json").write_text(json.dumps(m))
 
     def evaluate(self, env, h, artifact, out_json, log):
         if h is None or not h.eval_contexts:
@@ -112,6 +115,9 @@ def test_the_grid_runs_every_arm_and_seed_and_records_tables_tests_and_closure(w
     for f in ("README.md", "bpb_by_position.png", "deficit_closure.png", "rmt_contexts_seed3.json", "base_train_seed1.log"):
         assert (dest / f).is_file() and f in rec["files"], f
     readme = (dest / "README.md").read_text()
+    n = 1000 * rec["arms"]["base"]["config"]["num_layers"]
+    assert rec["arms"]["base"]["params"] == n and rec["arms"]["rmt"]["params"] == n + 1024
+    assert f"| {n:,} | " in readme and f"| {n + 1024:,} | " in readme
     assert "| rmt | mechanism |" in readme and "## Deficit and closure" in readme and "scored on: the whole val" in readme
     assert "summary closure: rmt 0.500" in readme and "| 128-192 | +0.0100 ± 0.0000 | +0.0050 ± 0.0020 | 0.500 |" in readme
     sorted_swa = "ATTN_WINDOW=64 GLOBAL_EVERY=4 MIXERS=swa_pattern"  # settings in name order
