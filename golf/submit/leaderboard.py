@@ -137,6 +137,25 @@ def scan_studies(records_dir: Path) -> tuple[list[dict], list[tuple[Path, list[s
     return studies, invalid
 
 
+def closure_cell(st: dict) -> str:
+    """A study's deficit beyond the local window and each mechanism's summary closure at its longest
+    context ("-" without a LOCAL/GLOBAL pair)."""
+    tables = st.get("deficit") or {}
+    if not isinstance(tables, dict) or not tables:
+        return "-"
+    try:
+        ctx = max(tables, key=int)
+    except ValueError:
+        return "-"
+    t = tables[ctx]
+    if not isinstance(t, dict):
+        return "-"
+    fmt = lambda x: "NA" if x is None else f"{x:.2f}"  # noqa: E731
+    mechs = ", ".join(f"{m} {fmt(v.get('summary_closure'))}" for m, v in (t.get("mechanisms") or {}).items())
+    d = t.get("summary_deficit")
+    return f"ctx {ctx}: deficit {'-' if d is None else f'{d:+.4f}'}" + (f"; closure {mechs}" if mechs else "")
+
+
 def render(records_dir: Path, valid, invalid, ablations, studies=()) -> str:
     root = Path(records_dir)
     rel = lambda p: Path(p).relative_to(root).as_posix()  # noqa: E731  links relative to LEADERBOARD.md
@@ -179,15 +198,17 @@ def render(records_dir: Path, valid, invalid, ablations, studies=()) -> str:
             )
     if studies:
         lines += ["", "## Memory studies (make study)", "",
-                  "| Study | Arms | Baseline | Best arm vs baseline (ΔBPB, p) | Contexts | Seeds | Date |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| Study | Arms | Baseline | Best arm vs baseline (ΔBPB, p) | Deficit and closure (longest context) "
+                  "| Contexts | Seeds | Date |",
+                  "|---|---|---|---|---|---|---|---|"]
         for st in sorted(studies, key=lambda a: (a.get("date", ""), a.get("name", ""))):
             comps = {a: c.get("headline", {}) for a, c in (st.get("comparisons") or {}).items() if isinstance(c, dict)}
             best = min(comps.items(), key=lambda kv: kv[1].get("mean_diff_bpb", float("inf")), default=None)
             cell = f"{best[0]} {best[1].get('mean_diff_bpb', float('nan')):+.4f}, p {best[1].get('p_paired', float('nan')):.3g}" \
                 if best else "-"
             lines.append(f"| [{_cell(st.get('name'))}]({rel(st['_folder'])}/README.md) | {_cell(', '.join(st['arms']))} "
-                         f"| {_cell(st['baseline'])} | {_cell(cell)} | {_cell(','.join(map(str, st['contexts'])))} "
+                         f"| {_cell(st['baseline'])} | {_cell(cell)} | {_cell(closure_cell(st))} "
+                         f"| {_cell(','.join(map(str, st['contexts'])))} "
                          f"| {len(st['seeds'])} | {st.get('date', '')} |")
     if invalid:
         lines += ["", "## Invalid records (not ranked)", "", "| Record | Why |", "|---|---|"]

@@ -99,14 +99,18 @@ def test_memory_studies_are_listed_apart_and_malformed_ones_flagged(tmp_path):
            "no_base": {**good, "baseline": "x"}, "str_bpb": {**good, "arms": {**good["arms"], "rmt": {"settings": [],
                                                                                                      "val_bpb": "1.4"}}},
            "list": [1, 2]}
-    for name, body in [("2026-01-02_mem", good)] + [(f"2026-01-03_{k}", v) for k, v in bad.items()]:
+    deficit = {c: {"summary_deficit": d, "mechanisms": {"rmt": {"summary_closure": cl}, "ttt": {"summary_closure": None}}}
+               for c, d, cl in (("256", 0.01, 0.25), ("1024", 0.03, 0.5), ("512", 0.02, 0.4))}
+    for name, body in [("2026-01-02_mem", good), ("2026-01-02_mem2", {**good, "name": "mem2", "deficit": deficit})] + [(f"2026-01-03_{k}", v) for k, v in bad.items()]:
         (root / "studies" / name).mkdir(parents=True)
         (root / "studies" / name / "study.json").write_text(json.dumps(body))
     (root / "studies" / "2026-01-04_empty").mkdir()
     out, n_ok, n_bad = L.build(root)
     text = out.read_text()
     assert (n_ok, n_bad) == (1, 6)
-    assert "| [mem](studies/2026-01-02_mem/README.md) | base, rmt | base | rmt -0.1000, p 0.02 | 256,512 | 2 | 2026-01-02 |" in text
+    assert "| [mem](studies/2026-01-02_mem/README.md) | base, rmt | base | rmt -0.1000, p 0.02 | - | 256,512 | 2 | 2026-01-02 |" in text
+    # the longest context's deficit and closures (1024 sorts before 256 and 512 as a string)
+    assert "| rmt -0.1000, p 0.02 | ctx 1024: deficit +0.0300; closure rmt 0.50, ttt NA | 256,512 |" in text
     invalid = text[text.index("## Invalid"):]
     for k in list(bad) + ["empty"]:
         assert f"studies/2026-01-0{3 if k != 'empty' else 4}_{k}" in invalid, k
