@@ -6,8 +6,10 @@ Inputs: per-position-bucket BPB at one context length for each arm and seed (gol
 paired by order. Per bucket, over seeds:
     deficit = local - global       (> 0: the local arm is worse; meaningful beyond its window)
     gain    = local - mechanism    (> 0: the mechanism helps the local arm)
-    closure = mean gain / mean deficit (1: the whole gap closed); NA (None) where |mean deficit| is
-              below `floor` BPB, where the ratio would be noise over noise
+    closure = mean gain / mean deficit (1: the whole gap closed); NA (None) where the mean deficit is
+              below `floor` BPB: within noise the ratio is noise over noise, and where the local arm
+              is the better one (deficit < 0) there is no gap to close (a mechanism that is worse
+              than the local arm there would read as a positive "closure")
 with the mean and the seed spread (sample std) of deficit and gain. The summary closure is
 sum(gain) / sum(deficit) over the buckets wholly beyond the window whose deficit clears the floor.
 """
@@ -99,14 +101,14 @@ def deficit_table(arms: Mapping[str, ArmBuckets], local: str, global_: str, mech
     }
     for m in mechanisms:
         gain = _paired(arms[local], arms[m])
-        closure = [None if g["mean"] is None or d["mean"] is None or abs(d["mean"]) < floor else g["mean"] / d["mean"]
+        closure = [None if g["mean"] is None or d["mean"] is None or d["mean"] < max(floor, 1e-12) else g["mean"] / d["mean"]
                    for g, d in zip(gain, deficit)]
         used = [k for k, c in enumerate(closure) if c is not None and beyond[k]]
         den = sum(deficit[k]["mean"] for k in used)
         out["mechanisms"][m] = {
             "gain": {"mean": [g["mean"] for g in gain], "std": [g["std"] for g in gain]},
             "closure": closure,
-            "summary_closure": sum(gain[k]["mean"] for k in used) / den if used and abs(den) >= floor else None,
+            "summary_closure": sum(gain[k]["mean"] for k in used) / den if used else None,
             "summary_buckets": len(used),
         }
     return out

@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pt.add_argument("--common", default="", help='settings every arm gets, e.g. "ITERATIONS=250"')
     pt.add_argument("--local", default="", help="the local (sliding-window) arm of the deficit table")
     pt.add_argument("--global", dest="global_", default="", help="the global arm of the deficit table")
-    pt.add_argument("--floor", type=float, default=DEFAULT_FLOOR, help="closure is NA where |deficit| < this (BPB)")
+    pt.add_argument("--floor", type=float, default=DEFAULT_FLOOR, help="closure is NA where the deficit is below this (BPB)")
     pt.add_argument("--probes", action="store_true", help="retrieval probes on every run's artifact")
     pt.add_argument("--records", default="records")
     pt.add_argument("--fresh", action="store_true")

@@ -152,7 +152,7 @@ def _deficit_lines(rec: dict[str, Any]) -> list[str]:
     mechs = list(any_t["mechanisms"])
     lines = ["", f"## Deficit and closure: local `{rec['local']}` vs global `{rec['global']}` (window {rec['window']})", "",
              f"deficit = local - global BPB (> 0: local worse); gain = local - mechanism; closure = gain / deficit, "
-             f"NA where |deficit| < {rec['floor']} BPB. Summary closure = sum(gain) / sum(deficit) over buckets wholly "
+             f"NA where the deficit is below {rec['floor']} BPB (within noise, or local already better: no gap to close). Summary closure = sum(gain) / sum(deficit) over buckets wholly "
              "beyond the window that clear the floor. Mean ± std over seeds.", ""]
     for ctx, t in rec["deficit"].items():
         summ = ", ".join(f"{m} {_f(t['mechanisms'][m]['summary_closure'], 3)}" for m in mechs) or "-"

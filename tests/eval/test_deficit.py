@@ -32,7 +32,7 @@ def test_deficit_gain_and_closure_by_hand():
     g = t["mechanisms"]["rmt"]
     assert g["gain"]["mean"] == pytest.approx([0.0, 0.0, 0.055, 0.15])
     assert g["gain"]["std"] == pytest.approx([0.0, 0.0, 0.01 / 2 ** 0.5, 0.0])
-    # bucket 0 and 1: |deficit| < 0.005 -> NA; 0.055 / 0.11 = 0.5; 0.15 / 0.19
+    # bucket 0 and 1: deficit < 0.005 -> NA; 0.055 / 0.11 = 0.5; 0.15 / 0.19
     assert g["closure"][:2] == [None, None]
     assert g["closure"][2:] == pytest.approx([0.5, 0.15 / 0.19])
     assert g["summary_closure"] == pytest.approx((0.055 + 0.15) / (0.11 + 0.19)) and g["summary_buckets"] == 2
@@ -46,6 +46,24 @@ def test_floor_and_window_are_settings():
     assert t["mechanisms"]["rmt"]["closure"] == [None] * 4 and t["mechanisms"]["rmt"]["summary_closure"] is None
     t = deficit_table(ARMS, "sssl", "base", ["rmt"], window=192)
     assert t["mechanisms"]["rmt"]["summary_closure"] == pytest.approx(0.15 / 0.19)  # bucket 3 only
+
+
+def test_no_closure_where_the_local_arm_is_the_better_one():
+    """A negative deficit (local beats global, as SSSL did against global attention in the first tiny
+    study) has no gap to close: a mechanism worse than the local arm there must not read as a large
+    positive closure (-0.012 / -0.008 = 1.5 did before this rule)."""
+    arms = {"glob": arm([2.008, 2.008, 2.008, 2.008], [2.010, 2.010, 2.010, 2.010]),
+            "loc": arm([2.000, 2.000, 2.000, 2.100], [2.002, 2.002, 2.002, 2.102]),
+            "worse": arm([2.012, 2.012, 2.012, 2.050], [2.014, 2.014, 2.014, 2.052])}
+    t = deficit_table(arms, "loc", "glob", ["worse"], window=64)
+    assert t["deficit"]["mean"] == pytest.approx([-0.008, -0.008, -0.008, 0.092])
+    m = t["mechanisms"]["worse"]
+    assert m["gain"]["mean"] == pytest.approx([-0.012, -0.012, -0.012, 0.05])
+    assert m["closure"][:3] == [None, None, None] and m["closure"][3] == pytest.approx(0.05 / 0.092)
+    assert m["summary_closure"] == pytest.approx(0.05 / 0.092) and m["summary_buckets"] == 1
+    # every bucket negative: no closure at all, whatever the floor (0 included)
+    t = deficit_table({**arms, "loc": arm([2.0] * 4, [2.002] * 4)}, "loc", "glob", ["worse"], floor=0)
+    assert t["mechanisms"]["worse"]["closure"] == [None] * 4 and t["mechanisms"]["worse"]["summary_closure"] is None
 
 
 def test_mismatched_inputs_are_clear_errors():
