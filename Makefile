@@ -36,8 +36,9 @@ LOCAL ?=
 GLOBAL ?=
 FLOOR ?=
 PROBES ?= 0
+WHY ?=
 
-.PHONY: help install data data-fineweb train train-and-submit quantize eval ablate study leaderboard verify submission \
+.PHONY: help install data data-fineweb train train-and-submit quantize eval ablate study study-rerender leaderboard verify submission \
         bundle check-size generate test bench bench-data bench-train bench-quant bench-eval bench-mixers gpu-check
 
 help:
@@ -46,7 +47,7 @@ help:
 	@echo "make data [CORPUS=... VAL=... TOKENIZER=sp|byte VOCAB_SIZE=1024|4096|8192 CASEOPS=0|1 BYTE_SIDECAR=0|1]"
 	@echo "make data-fineweb VARIANT=sp1024|sp4096|sp8192|byte260|sp8192_lossless_caps_caseops_v1_reserved TRAIN_SHARDS=N"
 	@echo "make ablate NAME=x A='ENV=..' B='ENV=..' SEEDS=1,2,3 | make leaderboard | make verify RECORD=path"
-	@echo "make study NAME=x ARMS='base=;mem=ENV=..' BASELINE=base CONTEXTS=256,512,1024 SEEDS=1,2,3 [LOCAL=a GLOBAL=b] [PROBES=1]"
+	@echo "make study NAME=x ARMS='base=;mem=ENV=..' BASELINE=base CONTEXTS=256,512,1024 SEEDS=1,2,3 [LOCAL=a GLOBAL=b] [PROBES=1] | make study-rerender RECORD=path WHY=..."
 	@echo "make submission RECORD=records/<track>/<record> GITHUB_ID=you [OUT=dir]   (the challenge's PR folder)"
 	@echo "make bundle | make check-size ARTIFACT=path | make bench-{data,train,quant,eval,mixers}"
 
@@ -83,6 +84,10 @@ study: install
 	    --common "$(COMMON)" $(if $(SEEDS),--seeds $(SEEDS)) $(if $(PRESET),--preset $(PRESET)) \
 	    $(if $(LOCAL),--local $(LOCAL)) $(if $(GLOBAL),--global $(GLOBAL)) $(if $(FLOOR),--floor $(FLOOR)) \
 	    $(if $(filter 1,$(PROBES)),--probes)
+
+# Rebuild a study record's tables and figures from its own files after a report rule changed
+study-rerender: install
+	$(PY) -m golf.submit.cli study-rerender --record "$(RECORD)" --why "$(WHY)"
 
 leaderboard: install
 	$(PY) -m golf.submit.leaderboard

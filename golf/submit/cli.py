@@ -22,6 +22,7 @@ from golf.submit.challenge import DEFAULT_OUT, write_submission
 from golf.submit.pipeline import submit
 from golf.submit.settings import settings_from
 from golf.submit.study import study
+from golf.submit.study_report import rerender
 from golf.submit.verify import verify
 
 
@@ -60,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     pt.add_argument("--probes", action="store_true", help="retrieval probes on every run's artifact")
     pt.add_argument("--records", default="records")
     pt.add_argument("--fresh", action="store_true")
+    pr = sub.add_parser("study-rerender", help="rebuild a study record's tables and figures from its own files")
+    pr.add_argument("--record", required=True)
+    pr.add_argument("--why", required=True, help="what changed in the report (kept in the record)")
     pv = sub.add_parser("verify", help="re-evaluate a record and check its claims")
     pv.add_argument("--record", required=True)
     pv.add_argument("--artifact")
@@ -78,6 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise GolfError(f"submission takes no training settings ({' '.join(extra)}): nothing is re-run")
         dest = write_submission(args.record, args.out, args.github_id, args.author, args.track)
         print(f"wrote {dest}: README.md, submission.json, train_gpt.py, requirements.txt, train_seed*.log")
+        return 0
+    if args.cmd == "study-rerender":
+        if extra:
+            raise GolfError(f"study-rerender takes no training settings ({' '.join(extra)}): nothing is re-run")
+        rerender(args.record, args.why)
         return 0
     if args.cmd == "verify":
         if extra:

@@ -7,15 +7,17 @@ the arm is better), paired over seeds (golf.submit.stats).
 from __future__ import annotations
 
 import math
+import os
 import shlex
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from golf.core import plots
-from golf.core.utils import atomic_write_json, atomic_write_text
+from golf.core.utils import GolfError, atomic_write_json, atomic_write_text, git_commit, today
 from golf.eval.deficit import deficit_table, from_reports
 from golf.submit import stats
-from golf.submit.runs import SeedRun, max_params, say
+from golf.submit.runs import SeedRun, max_params, read_json, say
 
 FIGURES = ("bpb_by_position.png", "deficit_closure.png")
 
@@ -115,7 +117,9 @@ def render_readme(rec: dict[str, Any]) -> str:
     lines = [f"# Memory study: {rec['name']}", "",
              f"- preset `{rec['preset']}`, common `{' '.join(rec['common_settings']) or '(none)'}`, seeds {rec['seeds']} "
              f"(paired, all reported), baseline arm `{rec['baseline']}`",
-             f"- commit `{rec['commit']}`, {rec['hardware']}, {rec['date']}", f"- scored on: {_scored_on(rec)}", "",
+             f"- commit `{rec['commit']}`, {rec['hardware']}, {rec['date']}", f"- scored on: {_scored_on(rec)}",
+             *[f"- tables and figures re-rendered from these runs at commit `{r['commit']}` ({r['date']}): {r['why']}"
+               for r in rec.get("rerendered") or []], "",
              "| arm | role | settings | val_bpb (sliding) | B-A vs baseline | p (paired, val_loss) | params | bytes_total | runs |",
              "|---|---|---|---|---|---|---|---|---|"]
     for a, v in rec["arms"].items():
@@ -223,3 +227,45 @@ def study_problems(rec: Any) -> list[str]:
     if not isinstance(rec.get("comparisons"), dict):
         problems.append("study.json 'comparisons' is not an object")
     return problems
+
+
+def rerender(folder: str | Path, why: str) -> Path:
+    """Rebuild a study record's derived parts (parameter counts, deficit and closure tables, README,
+    figures) with today's code from the record's own files; the runs, their scores and the paired tests
+    are kept as they are. For a report rule that changed after the study ran (retraining every arm to
+    re-read its numbers would only cost time). The record says when, at which commit, and why."""
+    folder = Path(folder)
+    if not why.strip():
+        raise GolfError("say why the study is re-rendered (WHY=...): the record keeps it")
+    rec = read_json(folder / "study.json")
+    problems = study_problems(rec) if rec else ["study.json is missing or not JSON"]
+    if problems:
+        raise GolfError(f"{folder}: {'; '.join(problems)}")
+    reports: dict[str, list[dict[str, Any]]] = {}
+    for a, arm in rec["arms"].items():
+        for r in arm["seed_results"]:
+            if not isinstance(r.get("params"), int):  # runs that predate the count: their training metrics have it
+                r["params"] = read_json(folder / f"{a}_metrics_seed{r['seed']}.json").get("params")
+        arm["params"] = max_params(arm["seed_results"])
+        reports[a] = []
+        for s in rec["seeds"]:
+            rep = read_json(folder / f"{a}_contexts_seed{s}.json")
+            if not rep:
+                raise GolfError(f"{folder / f'{a}_contexts_seed{s}.json'} is missing: the study cannot be re-rendered")
+            reports[a].append(rep)
+    if rec.get("local"):
+        mechs = [a for a in rec["arms"] if a not in (rec["local"], rec["global"])]
+        rec["deficit"] = {str(c): deficit_table({a: from_reports(reports[a], c, f"arm {a}") for a in rec["arms"]},
+                                                rec["local"], rec["global"], mechs, rec["window"], rec["floor"])
+                          for c in rec["contexts"]}
+    rec["rerendered"] = [*(rec.get("rerendered") or []), {"commit": git_commit(), "date": today(), "why": why.strip()}]
+    try:
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".rerender_") as tmp:
+            for name in figures(rec, Path(tmp)):  # each figure replaced whole, never half-written
+                os.replace(Path(tmp) / name, folder / name)
+    except ImportError:
+        say("matplotlib is not installed: the study's figures are left as they were")
+    atomic_write_json(folder / "study.json", rec)
+    atomic_write_text(folder / "README.md", render_readme(rec))
+    say(f"study re-rendered: {folder}")
+    return folder

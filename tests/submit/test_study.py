@@ -14,6 +14,7 @@ from golf.submit import leaderboard as L
 from golf.submit import runs as RU
 from golf.submit import stats
 from golf.submit import study as ST
+from golf.submit import study_report as SR
 
 SWA = "MIXERS=swa_pattern ATTN_WINDOW=64 GLOBAL_EVERY=4"
 ARMS = f"base=;sssl={SWA};rmt={SWA} RMT_MEMORY=8"
@@ -203,3 +204,33 @@ def test_cli_with_probes_and_without_a_local_arm(ws, monkeypatch):
     assert "| mem | 0.250 |" in readme and "PROBES=1" in readme and "Deficit" not in readme
     assert not math.isnan(rec["comparisons"]["mem"]["headline"]["p_paired"])
     assert not (dest / "deficit_closure.png").exists()
+
+
+def test_rerender_rebuilds_tables_from_the_records_own_files(ws, monkeypatch):
+    """An older record (no parameter counts, a deficit table by an older rule) is rebuilt from its own
+    contexts and metrics files; runs, scores and paired tests are untouched; the record says why."""
+    dest = run(StudyStages(), seeds="1,2")
+    new = json.loads((dest / "study.json").read_text())
+    old = json.loads(json.dumps(new))
+    for arm in old["arms"].values():
+        arm.pop("params")
+        for r in arm["seed_results"]:
+            r.pop("params")
+    old["deficit"]["256"]["mechanisms"]["rmt"]["closure"] = [1.5] * 4  # what the old rule wrote
+    (dest / "study.json").write_text(json.dumps(old))
+    monkeypatch.setattr(SR, "git_commit", lambda: "abc123")
+    CLI.main(["study-rerender", "--record", str(dest), "--why", "closure NA below the floor"])
+    got = json.loads((dest / "study.json").read_text())
+    assert got["deficit"] == new["deficit"] and got["comparisons"] == new["comparisons"]
+    assert got["arms"]["rmt"]["params"] == new["arms"]["rmt"]["params"] > new["arms"]["base"]["params"]
+    assert [r["params"] for r in got["arms"]["rmt"]["seed_results"]] == [new["arms"]["rmt"]["params"]] * 2
+    assert got["rerendered"] == [{"commit": "abc123", "date": got["rerendered"][0]["date"], "why": "closure NA below the floor"}]
+    readme = (dest / "README.md").read_text()
+    assert "re-rendered from these runs at commit `abc123`" in readme and "closure NA below the floor" in readme
+    assert f"| {new['arms']['rmt']['params']:,} |" in readme and not list(dest.glob(".rerender_*"))
+    with pytest.raises(GolfError, match="say why"):
+        CLI.main(["study-rerender", "--record", str(dest), "--why", " "])
+    (dest / "rmt_contexts_seed2.json").unlink()
+    with pytest.raises(GolfError, match="rmt_contexts_seed2.json is missing"):
+        CLI.main(["study-rerender", "--record", str(dest), "--why", "again"])
+    assert json.loads((dest / "study.json").read_text()) == got  # a failed re-render changes nothing
