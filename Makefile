@@ -37,6 +37,7 @@ GLOBAL ?=
 FLOOR ?=
 PROBES ?= 0
 WHY ?=
+NOTE ?=
 
 .PHONY: help install data data-fineweb train train-and-submit quantize eval ablate study study-rerender leaderboard verify submission \
         bundle check-size generate test bench bench-data bench-train bench-quant bench-eval bench-mixers gpu-check
@@ -87,7 +88,7 @@ study: install
 
 # Rebuild a study record's tables and figures from its own files after a report rule changed
 study-rerender: install
-	$(PY) -m golf.submit.cli study-rerender --record "$(RECORD)" --why "$(WHY)"
+	$(PY) -m golf.submit.cli study-rerender --record "$(RECORD)" --why "$(WHY)" $(if $(NOTE),--note "$(NOTE)")
 
 leaderboard: install
 	$(PY) -m golf.submit.leaderboard

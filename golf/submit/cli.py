@@ -64,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pr = sub.add_parser("study-rerender", help="rebuild a study record's tables and figures from its own files")
     pr.add_argument("--record", required=True)
     pr.add_argument("--why", required=True, help="what changed in the report (kept in the record)")
+    pr.add_argument("--note", action="append", default=[], help="a reading of the results for the README (repeatable)")
     pv = sub.add_parser("verify", help="re-evaluate a record and check its claims")
     pv.add_argument("--record", required=True)
     pv.add_argument("--artifact")
@@ -86,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "study-rerender":
         if extra:
             raise GolfError(f"study-rerender takes no training settings ({' '.join(extra)}): nothing is re-run")
-        rerender(args.record, args.why)
+        rerender(args.record, args.why, args.note)
         return 0
     if args.cmd == "verify":
         if extra:

@@ -147,6 +147,8 @@ def render_readme(rec: dict[str, Any]) -> str:
                   "|---|" + "---|" * len(names)]
         for a, res in rec["probes"].items():
             lines.append(f"| {a} | " + " | ".join(_f(stats.mean(res[n]), 3) for n in names) + " |")
+    if rec.get("notes"):
+        lines += ["", "## Reading", "", *[f"- {n}" for n in rec["notes"]]]
     lines += ["", "Reproduce:", "", "```", f"git checkout {str(rec['commit']).replace('+dirty', '')}", reproduce(rec), "```"]
     return "\n".join(lines) + "\n"
 
@@ -229,11 +231,12 @@ def study_problems(rec: Any) -> list[str]:
     return problems
 
 
-def rerender(folder: str | Path, why: str) -> Path:
+def rerender(folder: str | Path, why: str, notes: Sequence[str] = ()) -> Path:
     """Rebuild a study record's derived parts (parameter counts, deficit and closure tables, README,
     figures) with today's code from the record's own files; the runs, their scores and the paired tests
     are kept as they are. For a report rule that changed after the study ran (retraining every arm to
-    re-read its numbers would only cost time). The record says when, at which commit, and why."""
+    re-read its numbers would only cost time). The record says when, at which commit, and why; `notes`
+    (a reader's conclusions) are added to its README's Reading section."""
     folder = Path(folder)
     if not why.strip():
         raise GolfError("say why the study is re-rendered (WHY=...): the record keeps it")
@@ -258,6 +261,7 @@ def rerender(folder: str | Path, why: str) -> Path:
         rec["deficit"] = {str(c): deficit_table({a: from_reports(reports[a], c, f"arm {a}") for a in rec["arms"]},
                                                 rec["local"], rec["global"], mechs, rec["window"], rec["floor"])
                           for c in rec["contexts"]}
+    rec["notes"] = [*(rec.get("notes") or []), *[n.strip() for n in notes if n.strip()]]
     rec["rerendered"] = [*(rec.get("rerendered") or []), {"commit": git_commit(), "date": today(), "why": why.strip()}]
     try:
         with tempfile.TemporaryDirectory(dir=folder, prefix=".rerender_") as tmp:

@@ -219,7 +219,7 @@ def test_rerender_rebuilds_tables_from_the_records_own_files(ws, monkeypatch):
     old["deficit"]["256"]["mechanisms"]["rmt"]["closure"] = [1.5] * 4  # what the old rule wrote
     (dest / "study.json").write_text(json.dumps(old))
     monkeypatch.setattr(SR, "git_commit", lambda: "abc123")
-    CLI.main(["study-rerender", "--record", str(dest), "--why", "closure NA below the floor"])
+    CLI.main(["study-rerender", "--record", str(dest), "--why", "closure NA below the floor", "--note", "RMT helps."])
     got = json.loads((dest / "study.json").read_text())
     assert got["deficit"] == new["deficit"] and got["comparisons"] == new["comparisons"]
     assert got["arms"]["rmt"]["params"] == new["arms"]["rmt"]["params"] > new["arms"]["base"]["params"]
@@ -227,6 +227,7 @@ def test_rerender_rebuilds_tables_from_the_records_own_files(ws, monkeypatch):
     assert got["rerendered"] == [{"commit": "abc123", "date": got["rerendered"][0]["date"], "why": "closure NA below the floor"}]
     readme = (dest / "README.md").read_text()
     assert "re-rendered from these runs at commit `abc123`" in readme and "closure NA below the floor" in readme
+    assert got["notes"] == ["RMT helps."] and "## Reading\n\n- RMT helps.\n" in readme
     assert f"| {new['arms']['rmt']['params']:,} |" in readme and not list(dest.glob(".rerender_*"))
     with pytest.raises(GolfError, match="say why"):
         CLI.main(["study-rerender", "--record", str(dest), "--why", " "])
