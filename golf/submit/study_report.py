@@ -158,8 +158,9 @@ def _deficit_lines(rec: dict[str, Any]) -> list[str]:
     mechs = list(any_t["mechanisms"])
     lines = ["", f"## Deficit and closure: local `{rec['local']}` vs global `{rec['global']}` (window {rec['window']})", "",
              f"deficit = local - global BPB (> 0: local worse); gain = local - mechanism; closure = gain / deficit, "
-             f"NA where the deficit is below {rec['floor']} BPB (within noise, or local already better: no gap to close). Summary closure = sum(gain) / sum(deficit) over buckets wholly "
-             "beyond the window that clear the floor. Mean ± std over seeds.", ""]
+             f"NA where the deficit is below {rec['floor']} BPB (within noise, or local already better: no gap to "
+             "close). Summary closure = sum(gain) / sum(deficit) over buckets wholly beyond the window that clear "
+             "the floor. Mean ± std over seeds.", ""]
     for ctx, t in rec["deficit"].items():
         summ = ", ".join(f"{m} {_f(t['mechanisms'][m]['summary_closure'], 3)}" for m in mechs) or "-"
         lines += [f"Context {ctx}: mean deficit beyond the window {_f(t['summary_deficit'], sign=True)}; summary closure: {summ}",
@@ -265,8 +266,10 @@ def rerender(folder: str | Path, why: str, notes: Sequence[str] = ()) -> Path:
     rec["rerendered"] = [*(rec.get("rerendered") or []), {"commit": git_commit(), "date": today(), "why": why.strip()}]
     try:
         with tempfile.TemporaryDirectory(dir=folder, prefix=".rerender_") as tmp:
-            for name in figures(rec, Path(tmp)):  # each figure replaced whole, never half-written
+            figs = figures(rec, Path(tmp))
+            for name in figs:  # each figure replaced whole, never half-written
                 os.replace(Path(tmp) / name, folder / name)
+        rec["files"] = [*rec.get("files", []), *[f for f in figs if f not in rec.get("files", [])]]
     except ImportError:
         say("matplotlib is not installed: the study's figures are left as they were")
     atomic_write_json(folder / "study.json", rec)

@@ -217,11 +217,13 @@ def test_rerender_rebuilds_tables_from_the_records_own_files(ws, monkeypatch):
         for r in arm["seed_results"]:
             r.pop("params")
     old["deficit"]["256"]["mechanisms"]["rmt"]["closure"] = [1.5] * 4  # what the old rule wrote
+    old["files"].remove("deficit_closure.png")  # as if written without matplotlib
     (dest / "study.json").write_text(json.dumps(old))
     monkeypatch.setattr(SR, "git_commit", lambda: "abc123")
     CLI.main(["study-rerender", "--record", str(dest), "--why", "closure NA below the floor", "--note", "RMT helps."])
     got = json.loads((dest / "study.json").read_text())
     assert got["deficit"] == new["deficit"] and got["comparisons"] == new["comparisons"]
+    assert sorted(got["files"]) == sorted(new["files"])
     assert got["arms"]["rmt"]["params"] == new["arms"]["rmt"]["params"] > new["arms"]["base"]["params"]
     assert [r["params"] for r in got["arms"]["rmt"]["seed_results"]] == [new["arms"]["rmt"]["params"]] * 2
     assert got["rerendered"] == [{"commit": "abc123", "date": got["rerendered"][0]["date"], "why": "closure NA below the floor"}]
