@@ -67,17 +67,23 @@ def build_record(spec: dict[str, Any], runs: dict[str, list[SeedRun]], reports: 
             t = stats.paired_t(base["contexts"][str(c)]["val_bpb"], arm["contexts"][str(c)]["val_bpb"])
             per_ctx[str(c)] = {"mean_diff_bpb": -t["mean_diff"], "std_diff_bpb": t["std_diff"], "p_paired": t["p"]}
         comparisons[a] = {"headline": head, "contexts": per_ctx}
-    deficit = None
-    if spec.get("local"):
-        mechs = [a for a in arms if a not in (spec["local"], spec["global_"])]
-        deficit = {str(c): deficit_table({a: from_reports(reports[a], c, f"arm {a}") for a in arms}, spec["local"],
-                                         spec["global_"], mechs, spec["window"], spec["floor"])
-                   for c in spec["contexts"]}
+    deficit = deficit_tables(reports, spec["contexts"], spec["local"], spec["global_"], spec["window"], spec["floor"]) \
+        if spec.get("local") else None
     return {"kind": "study", "name": spec["name"], "date": spec["date"], "preset": spec["preset"],
             "seeds": spec["seeds"], "contexts": spec["contexts"], "baseline": spec["baseline"],
             "local": spec.get("local"), "global": spec.get("global_"), "window": spec["window"], "floor": spec["floor"],
             "common_settings": spec["common"], "arms": arms, "comparisons": comparisons, "deficit": deficit,
             "probes": probes, "commit": spec["commit"], "hardware": spec["hardware"], "data": spec["data"]}
+
+
+def deficit_tables(reports: dict[str, list[dict[str, Any]]], contexts: Sequence[int], local: str, global_: str,
+                   window: int, floor: float) -> dict[str, Any]:
+    """The deficit report (golf.eval.deficit) at each context from every arm's per-seed context reports;
+    every arm other than the local and the global one is a mechanism."""
+    mechs = [a for a in reports if a not in (local, global_)]
+    return {str(c): deficit_table({a: from_reports(reps, c, f"arm {a}") for a, reps in reports.items()},
+                                  local, global_, mechs, window, floor)
+            for c in contexts}
 
 
 def _f(x: Any, nd: int = 4, sign: bool = False) -> str:
@@ -258,10 +264,7 @@ def rerender(folder: str | Path, why: str, notes: Sequence[str] = ()) -> Path:
                 raise GolfError(f"{folder / f'{a}_contexts_seed{s}.json'} is missing: the study cannot be re-rendered")
             reports[a].append(rep)
     if rec.get("local"):
-        mechs = [a for a in rec["arms"] if a not in (rec["local"], rec["global"])]
-        rec["deficit"] = {str(c): deficit_table({a: from_reports(reports[a], c, f"arm {a}") for a in rec["arms"]},
-                                                rec["local"], rec["global"], mechs, rec["window"], rec["floor"])
-                          for c in rec["contexts"]}
+        rec["deficit"] = deficit_tables(reports, rec["contexts"], rec["local"], rec["global"], rec["window"], rec["floor"])
     rec["notes"] = [*(rec.get("notes") or []), *[n.strip() for n in notes if n.strip()]]
     rec["rerendered"] = [*(rec.get("rerendered") or []), {"commit": git_commit(), "date": today(), "why": why.strip()}]
     try:
